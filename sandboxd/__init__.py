@@ -1,0 +1,1 @@
+"""sandboxd: secure code execution for AI agents."""
