@@ -13,7 +13,7 @@ import enum
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -233,8 +233,15 @@ class IsolateFactory(ABC):
         return f"{self.kind.value}/{self.runtime}"
 
     @abstractmethod
-    def create(self) -> Isolate:
-        """Create one isolate, ready to run (blocking)."""
+    def create(self, *, facet_dir: Path | None = None) -> Isolate:
+        """Create one isolate, ready to run (blocking).
+
+        Args:
+            facet_dir: a host directory holding a facet database (db.sqlite) to show to the
+                guest read-write at /facet. Pooled isolates are created without one; an
+                execution with a facet gets an isolate created for it on the spot, because
+                WASI preopens and jail mounts are fixed when the isolate is created.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources (engines, caches) at shutdown."""
