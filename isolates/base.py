@@ -164,6 +164,15 @@ def validate_relative_path(path: str) -> str | None:
     return None
 
 
+class InvalidRequest(ValueError):
+    """The request cannot run in this isolate through no fault of sandboxd (e.g. a module that
+    is not valid wasm). The executor answers INVALID_ARGUMENT naming `field`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class CancelToken:
     """Set by the caller to ask a running isolate to stop (a cancelled or expired call)."""
 
