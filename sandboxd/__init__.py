@@ -1,1 +1,51 @@
-"""sandboxd: secure code execution for AI agents."""
+"""sandboxd: secure code execution for AI agents.
+
+    from sandboxd import Client
+
+    with Client("localhost:50051") as client:
+        execution = client.run_code("print(6 * 7)")
+        print(execution.stdout, execution.status)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from sandboxd._client import DEFAULT_TARGET, AsyncClient, Client
+from sandboxd._errors import (
+    AlreadyExistsError,
+    DeadlineExceededError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    SandboxdError,
+    UnavailableError,
+)
+from sandboxd._models import Execution, IsolateInfo, OutputFile, Timings
+
+try:
+    __version__ = version("sandboxd")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0"
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "AlreadyExistsError",
+    "AsyncClient",
+    "Client",
+    "DeadlineExceededError",
+    "Execution",
+    "FieldViolation",
+    "InternalError",
+    "InvalidArgumentError",
+    "IsolateInfo",
+    "NotFoundError",
+    "OutputFile",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "SandboxdError",
+    "Timings",
+    "UnavailableError",
+    "__version__",
+]

@@ -1,0 +1,269 @@
+"""The Executor gRPC service: Execute (unary) and ExecuteStream (server-streaming).
+
+Per call: decode (field-level errors for malformed bytes), validate, place, wait for an
+execution slot (or RESOURCE_EXHAUSTED), cap the timeout by the call's deadline, run on a worker
+thread, translate the outcome. A cancelled call cancels its isolate; the slot is held until the
+worker has destroyed it, so cancellation storms cannot pile up threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2
+
+from executor.admission import Admission, Overloaded
+from executor.config import Settings
+from executor.metrics import Metrics
+from executor.rpc_errors import abort_invalid, abort_overloaded, abort_status
+from executor.runner import ExecutionOutcome, ExecutionRunner
+from executor.validation import ValidatedExecute, ValidationFailed, validate_execute
+from executor.wire import MalformedRequest, decode
+from isolates.base import CancelToken, InvalidRequest, IsolateKind, Limits, OutputSink
+from scheduler.placement import PlacementError
+from sandboxd.v1 import executor_pb2 as pb
+
+__all__ = ["ExecutorService", "add_to_server"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "sandboxd.v1.Executor"
+DEADLINE_MARGIN_S = 0.05
+"""Kept back from the call's deadline so the result can still travel to the caller."""
+
+_STATUS = {
+    "ok": pb.STATUS_OK,
+    "error": pb.STATUS_ERROR,
+    "timeout": pb.STATUS_TIMEOUT,
+    "memory_limit": pb.STATUS_MEMORY_LIMIT,
+    "output_limit": pb.STATUS_OUTPUT_LIMIT,
+    "cpu_limit": pb.STATUS_CPU_LIMIT,
+    "security_violation": pb.STATUS_SECURITY_VIOLATION,
+    "cancelled": pb.STATUS_CANCELLED,
+    "internal_error": pb.STATUS_INTERNAL_ERROR,
+}
+_KIND = {IsolateKind.WASM: pb.ISOLATE_KIND_WASM, IsolateKind.JAIL: pb.ISOLATE_KIND_JAIL}
+
+
+class ExecutorService:
+    """Serves sandboxd.v1.Executor on top of an `ExecutionRunner`."""
+
+    def __init__(
+        self,
+        runner: ExecutionRunner,
+        settings: Settings,
+        metrics: Metrics,
+        workers: ThreadPoolExecutor,
+    ) -> None:
+        self._runner = runner
+        self._settings = settings
+        self._metrics = metrics
+        self._workers = workers
+        self._admission: Admission | None = None
+
+    @property
+    def admission(self) -> Admission:
+        """Admission control, created on first use inside the serving event loop."""
+        if self._admission is None:
+            self._admission = Admission(self._settings.concurrency, self._settings.max_queue)
+        return self._admission
+
+    async def execute(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ExecuteResponse:
+        """Run code and return its result."""
+        arrival = time.perf_counter()
+        validated = await self._validate(data, context)
+        outcome = await self._run(validated, context, arrival, on_output=None)
+        return pb.ExecuteResponse(result=to_proto(validated, outcome))
+
+    async def execute_stream(
+        self, data: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExecuteStreamResponse]:
+        """Run code, streaming output chunks, then the result."""
+        arrival = time.perf_counter()
+        validated = await self._validate(data, context)
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[pb.OutputChunk | None] = asyncio.Queue()
+
+        def on_output(stream: str, data: bytes) -> None:
+            which = pb.OutputChunk.STREAM_STDOUT if stream == "stdout" else (
+                pb.OutputChunk.STREAM_STDERR)
+            loop.call_soon_threadsafe(chunks.put_nowait, pb.OutputChunk(stream=which, data=data))
+
+        task = asyncio.ensure_future(self._run(validated, context, arrival, on_output=on_output))
+        task.add_done_callback(lambda _: chunks.put_nowait(None))
+        try:
+            # The worker queues its chunks (call_soon_threadsafe) before its future resolves,
+            # so every chunk is ahead of the sentinel that the task's completion adds.
+            while (chunk := await chunks.get()) is not None:
+                yield pb.ExecuteStreamResponse(output=chunk)
+            outcome = await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        yield pb.ExecuteStreamResponse(result=to_proto(validated, outcome))
+
+    async def _validate(
+        self, data: bytes, context: grpc.aio.ServicerContext
+    ) -> ValidatedExecute:
+        try:
+            message = decode(pb.ExecuteRequest, data)
+            validated = validate_execute(message, self._settings)
+            self._runner.place(validated)
+        except MalformedRequest as exc:
+            self._metrics.rejected.labels("invalid").inc()
+            await abort_invalid(context, exc.violations)
+        except ValidationFailed as exc:
+            self._metrics.rejected.labels("invalid").inc()
+            await abort_invalid(context, exc.violations)
+        except PlacementError as exc:
+            self._metrics.rejected.labels("invalid").inc()
+            await abort_invalid(context, [("isolate", str(exc))])
+        return validated
+
+    async def _run(
+        self,
+        validated: ValidatedExecute,
+        context: grpc.aio.ServicerContext,
+        arrival: float,
+        on_output: OutputSink | None,
+    ) -> ExecutionOutcome:
+        validated = await self._cap_by_deadline(validated, context)
+        try:
+            async with self.admission.slot() as queued_s:
+                self._metrics.queue_duration.observe(queued_s)
+                return await self._run_in_worker(validated, context, arrival, queued_s, on_output)
+        except Overloaded as exc:
+            self._metrics.rejected.labels("overloaded").inc()
+            await abort_overloaded(context, str(exc), exc.retry_after)
+
+    async def _run_in_worker(
+        self,
+        validated: ValidatedExecute,
+        context: grpc.aio.ServicerContext,
+        arrival: float,
+        queued_s: float,
+        on_output: OutputSink | None,
+    ) -> ExecutionOutcome:
+        cancel = CancelToken()
+        loop = asyncio.get_running_loop()
+        run: Callable[[], ExecutionOutcome] = lambda: self._runner.run(  # noqa: E731
+            validated,
+            arrival=arrival,
+            queued_us=int(queued_s * 1e6),
+            on_output=on_output,
+            cancel=cancel,
+        )
+        self._metrics.running.inc()
+        future = loop.run_in_executor(self._workers, run)
+        try:
+            outcome = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The caller went away: stop the isolate, then wait for the worker to destroy it.
+            cancel.cancel()
+            with contextlib.suppress(Exception):
+                await future
+            raise
+        except InvalidRequest as exc:
+            await abort_invalid(context, [(exc.field, str(exc))])
+        except Exception:
+            log.exception("execution %s failed inside sandboxd", validated.request.execution_id)
+            await abort_status(
+                context, code_pb2.INTERNAL,
+                f"sandboxd failed to run execution {validated.request.execution_id}; "
+                "see the server log",
+            )
+        finally:
+            self._metrics.running.dec()
+        self._observe(outcome)
+        return outcome
+
+    async def _cap_by_deadline(
+        self, validated: ValidatedExecute, context: grpc.aio.ServicerContext
+    ) -> ValidatedExecute:
+        remaining = context.time_remaining()
+        limits = validated.request.limits
+        if remaining is None or remaining - DEADLINE_MARGIN_S >= limits.timeout_s:
+            return validated
+        if remaining <= DEADLINE_MARGIN_S:
+            await abort_status(
+                context, code_pb2.DEADLINE_EXCEEDED,
+                "the call's deadline leaves no time to run the code",
+            )
+        capped = Limits(
+            timeout_s=remaining - DEADLINE_MARGIN_S,
+            memory_bytes=limits.memory_bytes,
+            output_bytes=limits.output_bytes,
+            cpu_s=limits.cpu_s,
+        )
+        request = validated.request.model_copy(update={"limits": capped})
+        return ValidatedExecute(
+            request=request,
+            requested_kind=validated.requested_kind,
+            output_repo=validated.output_repo,
+            output_branch=validated.output_branch,
+        )
+
+    def _observe(self, outcome: ExecutionOutcome) -> None:
+        kind, runtime = outcome.kind.value, outcome.runtime
+        m = self._metrics
+        m.executions.labels(outcome.result.status.value, kind, runtime).inc()
+        m.execute_duration.labels(kind, runtime).observe(outcome.timings.total_us / 1e6)
+        m.run_duration.labels(kind, runtime).observe(outcome.timings.run_us / 1e6)
+        m.acquire_duration.labels(kind, runtime).observe(outcome.timings.acquire_us / 1e6)
+
+
+def to_proto(validated: ValidatedExecute, outcome: ExecutionOutcome) -> pb.ExecuteResult:
+    """Translate an outcome into the wire result."""
+    result = outcome.result
+    t = outcome.timings
+    return pb.ExecuteResult(
+        execution_id=validated.request.execution_id,
+        status=_STATUS[result.status.value],
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        stdout_truncated=result.stdout_truncated,
+        stderr_truncated=result.stderr_truncated,
+        stdout_total_bytes=result.stdout_total_bytes,
+        stderr_total_bytes=result.stderr_total_bytes,
+        files=[
+            pb.OutputFile(path=f.path, content=f.content, truncated=f.truncated, size=f.size,
+                          error=f.error)
+            for f in result.files
+        ],
+        timings=pb.Timings(queued_us=t.queued_us, acquire_us=t.acquire_us, run_us=t.run_us,
+                           total_us=t.total_us),
+        isolate=pb.IsolateInfo(kind=_KIND[outcome.kind], runtime=outcome.runtime,
+                               pool_hit=outcome.pool_hit),
+        message=result.message,
+        output_commit=outcome.output_commit,
+    )
+
+
+def add_to_server(server: grpc.aio.Server, service: ExecutorService) -> None:
+    """Register the Executor service; requests arrive as raw bytes for field-level decoding."""
+    identity: Callable[[bytes], Any] = lambda raw: raw  # noqa: E731
+    handlers = {
+        "Execute": grpc.unary_unary_rpc_method_handler(
+            service.execute,
+            request_deserializer=identity,
+            response_serializer=pb.ExecuteResponse.SerializeToString,
+        ),
+        "ExecuteStream": grpc.unary_stream_rpc_method_handler(
+            service.execute_stream,
+            request_deserializer=identity,
+            response_serializer=pb.ExecuteStreamResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+    )

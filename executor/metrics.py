@@ -1,0 +1,97 @@
+"""Prometheus metrics of the server and its pool, served on their own HTTP port.
+
+Names follow Prometheus practice: `sandboxd_` prefix, base units, `_total` counters, and
+explicit latency buckets from 100 µs to 10 s (execution latency is sub-millisecond on a hit).
+Labels are bounded sets (status, kind, runtime); never an id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Metrics"]
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
+    0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class Metrics:
+    """All metrics of one server, in a registry of its own (several servers per test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.executions = Counter(
+            "sandboxd_executions_total", "Executions finished, by status and runtime.",
+            ["status", "kind", "runtime"], registry=r,
+        )
+        self.execute_duration = Histogram(
+            "sandboxd_execute_duration_seconds",
+            "Time from a request's arrival to its result.",
+            ["kind", "runtime"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.run_duration = Histogram(
+            "sandboxd_run_duration_seconds", "Time spent running user code.",
+            ["kind", "runtime"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.acquire_duration = Histogram(
+            "sandboxd_acquire_duration_seconds", "Time to obtain an isolate (hit or miss).",
+            ["kind", "runtime"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_duration = Histogram(
+            "sandboxd_queue_duration_seconds", "Time waiting for an execution slot.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.rejected = Counter(
+            "sandboxd_requests_rejected_total", "Requests refused, by reason.",
+            ["reason"], registry=r,
+        )
+        self.running = Gauge(
+            "sandboxd_executions_running", "Executions running now.", registry=r,
+        )
+        self.queued = Gauge(
+            "sandboxd_executions_queued", "Executions waiting for a slot.", registry=r,
+        )
+        self.pool_hits = Counter(
+            "sandboxd_pool_hits_total", "Isolates handed out warm.", ["runtime"], registry=r,
+        )
+        self.pool_misses = Counter(
+            "sandboxd_pool_misses_total", "Isolates created on the request's path.",
+            ["runtime"], registry=r,
+        )
+        self.pool_size = Gauge(
+            "sandboxd_pool_size", "Warm isolates available.", ["runtime"], registry=r,
+        )
+        self.pool_refill = Histogram(
+            "sandboxd_pool_refill_duration_seconds", "Time to create a warm isolate.",
+            ["runtime"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.pool_refill_failures = Counter(
+            "sandboxd_pool_refill_failures_total", "Failed background creations.",
+            ["runtime"], registry=r,
+        )
+
+    # PoolObserver (isolates.pool) -----------------------------------------------------------
+
+    def acquired(self, key: str, hit: bool) -> None:
+        """Count a pool hit or miss."""
+        (self.pool_hits if hit else self.pool_misses).labels(key).inc()
+
+    def refilled(self, key: str, seconds: float) -> None:
+        """Record a background creation."""
+        self.pool_refill.labels(key).observe(seconds)
+
+    def refill_failed(self, key: str) -> None:
+        """Count a failed background creation."""
+        self.pool_refill_failures.labels(key).inc()
+
+    def size_changed(self, key: str, size: int) -> None:
+        """Track the warm pool size."""
+        self.pool_size.labels(key).set(size)
+
+    def serve(self, host: str, port: int) -> tuple[int, object]:
+        """Serve /metrics over HTTP from a daemon thread; returns (bound port, server)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_port, server

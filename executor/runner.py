@@ -1,0 +1,186 @@
+"""One execution from validated request to result: place, acquire, run, destroy, time.
+
+Runs on a worker thread (everything here blocks). The servicer owns admission, deadlines and
+the wire format; this module owns the order of the steps and the guarantee that every isolate
+is destroyed after its single use, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from executor.validation import ValidatedExecute
+from isolates.base import (
+    CancelToken,
+    ExecutionResult,
+    IsolateKind,
+    OutputSink,
+    Status,
+    Timings,
+)
+from isolates.pool import WarmPool
+from scheduler.placement import choose_runtime
+
+__all__ = ["ExecutionOutcome", "ExecutionRunner", "FacetGrants", "OutputCommitter"]
+
+log = logging.getLogger("sandboxd.execution")
+
+
+class FacetGrants(Protocol):
+    """Exclusive access to a facet's directory for one execution at a time."""
+
+    def grant(self, name: str, timeout: float) -> AbstractContextManager[Path]:
+        """Hold the facet named `name` (created if new) and yield its directory.
+
+        Raises TimeoutError when the facet stays busy past `timeout` seconds.
+        """
+
+
+class OutputCommitter(Protocol):
+    """Commits an execution's output files to an artifacts repo."""
+
+    def commit_outputs(
+        self, repo: str, branch: str, files: dict[str, bytes], message: str
+    ) -> str:
+        """Commit `files` on `branch` of `repo` and return the commit id."""
+
+
+@dataclass
+class ExecutionOutcome:
+    """A result plus where and how it ran."""
+
+    result: ExecutionResult
+    kind: IsolateKind
+    runtime: str
+    pool_hit: bool
+    timings: Timings
+    output_commit: str = ""
+
+
+class ExecutionRunner:
+    """Runs validated requests on isolates from the warm pool."""
+
+    def __init__(
+        self,
+        pool: WarmPool,
+        *,
+        jail_available: bool,
+        facets: FacetGrants | None = None,
+        committer: OutputCommitter | None = None,
+    ) -> None:
+        self._pool = pool
+        self._jail_available = jail_available
+        self._facets = facets
+        self._committer = committer
+
+    def place(self, validated: ValidatedExecute) -> tuple[IsolateKind, str]:
+        """Pick the isolate kind and runtime (raises PlacementError)."""
+        return choose_runtime(
+            validated.request.language,
+            validated.requested_kind,
+            jail_available=self._jail_available,
+        )
+
+    def run(
+        self,
+        validated: ValidatedExecute,
+        *,
+        arrival: float,
+        queued_us: int,
+        on_output: OutputSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ExecutionOutcome:
+        """Run one request to completion (blocking). `arrival` is a perf_counter() value."""
+        request = validated.request
+        kind, runtime = self.place(validated)
+        key = f"{kind.value}/{runtime}"
+        with self._facet(request.facet, request.limits.timeout_s) as facet_dir:
+            if isinstance(facet_dir, ExecutionResult):
+                return self._finish(validated, facet_dir, kind, runtime, False,
+                                    Timings(queued_us=queued_us), arrival)
+            acquire_start = time.perf_counter()
+            isolate, hit = self._pool.acquire(key, facet_dir=facet_dir)
+            acquire_us = _us(time.perf_counter() - acquire_start)
+            try:
+                if cancel is not None and cancel.cancelled:
+                    result = ExecutionResult(status=Status.CANCELLED,
+                                             message="the call was cancelled before it ran")
+                else:
+                    result = isolate.run(request, on_output=on_output, cancel=cancel)
+            finally:
+                isolate.destroy()
+        timings = Timings(queued_us=queued_us, acquire_us=acquire_us, run_us=result.run_us)
+        return self._finish(validated, result, kind, runtime, hit, timings, arrival)
+
+    def _facet(
+        self, name: str, timeout: float
+    ) -> AbstractContextManager[Path | ExecutionResult | None]:
+        if not name:
+            return contextlib.nullcontext(None)
+        if self._facets is None:
+            return contextlib.nullcontext(
+                ExecutionResult(status=Status.INTERNAL_ERROR,
+                                message="facets are not enabled on this server")
+            )
+        return _granted(self._facets, name, timeout)
+
+    def _finish(
+        self,
+        validated: ValidatedExecute,
+        result: ExecutionResult,
+        kind: IsolateKind,
+        runtime: str,
+        hit: bool,
+        timings: Timings,
+        arrival: float,
+    ) -> ExecutionOutcome:
+        commit = ""
+        if validated.output_repo and self._committer is not None and result.status is Status.OK:
+            files = {f.path: f.content for f in result.files if not f.error and not f.truncated}
+            commit = self._committer.commit_outputs(
+                validated.output_repo,
+                validated.output_branch,
+                files,
+                f"Output of execution {validated.request.execution_id}",
+            )
+        timings.total_us = _us(time.perf_counter() - arrival)
+        log.info(
+            "execution %s kind=%s runtime=%s status=%s exit=%d hit=%s queued_us=%d "
+            "acquire_us=%d run_us=%d total_us=%d",
+            validated.request.execution_id, kind.value, runtime, result.status.value,
+            result.exit_code, hit, timings.queued_us, timings.acquire_us, timings.run_us,
+            timings.total_us,
+        )
+        return ExecutionOutcome(result, kind, runtime, hit, timings, commit)
+
+
+@contextlib.contextmanager
+def _granted(
+    facets: FacetGrants, name: str, timeout: float
+) -> Iterator[Path | ExecutionResult]:
+    try:
+        grant = facets.grant(name, timeout)
+        directory = grant.__enter__()
+    except TimeoutError:
+        yield ExecutionResult(
+            status=Status.TIMEOUT,
+            message=f"facet {name!r} stayed busy with other executions past the "
+            f"{timeout:g}s timeout",
+        )
+        return
+    try:
+        yield directory
+    finally:
+        grant.__exit__(None, None, None)
+
+
+def _us(seconds: float) -> int:
+    return int(seconds * 1_000_000)
+

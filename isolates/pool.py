@@ -1,0 +1,269 @@
+"""The warm pool: pre-created, single-use isolates per runtime, refilled in the background.
+
+The executor asks for an isolate of a runtime key ("wasm/python", "jail/native", ...). A warm
+one is handed over under a lock in microseconds (a *hit*); the refill thread of that key is
+woken to replace it, so creation cost never lands on the request's path. When the pool is empty
+the caller creates one on the spot (a *miss*). Isolates are never returned: the executor
+destroys each one after its single execution.
+
+Idle isolates older than `idle_ttl_s` are destroyed and replaced, so a quiet server does not
+hold stale instances (clock, randomness and memory pages age) forever.
+
+The pool reports what it does to a `PoolObserver` (the executor plugs Prometheus in there);
+isolates/ itself knows nothing of metrics exporters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from isolates.base import Isolate, IsolateFactory
+
+__all__ = ["PoolConfig", "PoolObserver", "UnknownRuntime", "WarmPool"]
+
+log = logging.getLogger(__name__)
+
+
+class UnknownRuntime(KeyError):
+    """No factory is registered for the requested runtime key."""
+
+
+class PoolObserver(Protocol):
+    """Receives the pool's events; every method must be cheap and thread-safe."""
+
+    def acquired(self, key: str, hit: bool) -> None:
+        """An isolate of `key` was handed out (hit) or created on the spot (miss)."""
+
+    def refilled(self, key: str, seconds: float) -> None:
+        """One isolate of `key` was created in the background in `seconds`."""
+
+    def refill_failed(self, key: str) -> None:
+        """Creating an isolate of `key` in the background failed."""
+
+    def size_changed(self, key: str, size: int) -> None:
+        """The number of warm isolates of `key` is now `size`."""
+
+
+class _NullObserver:
+    def acquired(self, key: str, hit: bool) -> None:
+        pass
+
+    def refilled(self, key: str, seconds: float) -> None:
+        pass
+
+    def refill_failed(self, key: str) -> None:
+        pass
+
+    def size_changed(self, key: str, size: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How many warm isolates to keep per runtime key, and for how long."""
+
+    targets: dict[str, int] = field(default_factory=dict)
+    """Warm isolates to keep per key; keys not listed keep `default_target`."""
+    default_target: int = 4
+    idle_ttl_s: float = 300.0
+    """Warm isolates idle longer than this are destroyed and replaced."""
+    refill_backoff_s: float = 1.0
+    """Pause after a failed creation, doubled per consecutive failure up to 30 s."""
+
+
+@dataclass
+class _Slot:
+    isolate: Isolate
+    created: float
+
+
+class _RuntimePool:
+    """The warm isolates of one runtime key and the thread that keeps them topped up."""
+
+    def __init__(
+        self, factory: IsolateFactory, target: int, config: PoolConfig, observer: PoolObserver
+    ) -> None:
+        self.factory = factory
+        self.key = factory.key
+        self.target = target
+        self._config = config
+        self._observer = observer
+        self._warm: deque[_Slot] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._refill_loop, name=f"pool-refill-{self.key}", daemon=True
+        )
+
+    def start(self) -> None:
+        if self.target > 0:
+            self._thread.start()
+
+    def take(self) -> Isolate | None:
+        with self._cond:
+            if not self._warm:
+                return None
+            slot = self._warm.popleft()
+            size = len(self._warm)
+            self._cond.notify()
+        self._observer.size_changed(self.key, size)
+        return slot.isolate
+
+    def size(self) -> int:
+        with self._cond:
+            return len(self._warm)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            slots = list(self._warm)
+            self._warm.clear()
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        for slot in slots:
+            _destroy_quietly(slot.isolate)
+        self._observer.size_changed(self.key, 0)
+
+    def _refill_loop(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._closed and len(self._warm) >= self.target:
+                    # Wake up periodically to recycle idle isolates even when nothing is taken.
+                    self._cond.wait(timeout=min(self._config.idle_ttl_s, 60.0))
+                    if self._expire_idle_locked():
+                        break
+                if self._closed:
+                    return
+            started = time.perf_counter()
+            try:
+                isolate = self.factory.create()
+            except Exception:
+                failures += 1
+                self._observer.refill_failed(self.key)
+                delay = min(self._config.refill_backoff_s * 2 ** (failures - 1), 30.0)
+                log.exception("creating a warm %s isolate failed; retrying in %.1fs", self.key, delay)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed, timeout=delay)
+                continue
+            failures = 0
+            self._observer.refilled(self.key, time.perf_counter() - started)
+            with self._cond:
+                if self._closed:
+                    closed = True
+                else:
+                    closed = False
+                    self._warm.append(_Slot(isolate, time.monotonic()))
+                    size = len(self._warm)
+            if closed:
+                _destroy_quietly(isolate)
+                return
+            self._observer.size_changed(self.key, size)
+
+    def _expire_idle_locked(self) -> bool:
+        """Destroy isolates idle past the TTL; True when any was removed (caller holds lock)."""
+        deadline = time.monotonic() - self._config.idle_ttl_s
+        expired = [slot for slot in self._warm if slot.created < deadline]
+        if not expired:
+            return False
+        for slot in expired:
+            self._warm.remove(slot)
+        # Destroy outside the hot lock would be nicer, but expiry is rare and destroy is quick;
+        # doing it here keeps the count consistent with what the refill loop sees.
+        for slot in expired:
+            _destroy_quietly(slot.isolate)
+        return True
+
+
+class WarmPool:
+    """Warm isolates for every registered runtime, each refilled by its own thread."""
+
+    def __init__(
+        self,
+        factories: Iterable[IsolateFactory],
+        config: PoolConfig | None = None,
+        observer: PoolObserver | None = None,
+    ) -> None:
+        self._config = config or PoolConfig()
+        self._observer: PoolObserver = observer or _NullObserver()
+        self._pools: dict[str, _RuntimePool] = {}
+        for factory in factories:
+            target = self._config.targets.get(factory.key, self._config.default_target)
+            self._pools[factory.key] = _RuntimePool(factory, target, self._config, self._observer)
+
+    def start(self) -> None:
+        """Start the refill threads; warm isolates appear in the background."""
+        for pool in self._pools.values():
+            pool.start()
+
+    @property
+    def keys(self) -> list[str]:
+        """The runtime keys this pool serves."""
+        return list(self._pools)
+
+    def factory(self, key: str) -> IsolateFactory:
+        """The factory registered for `key`."""
+        try:
+            return self._pools[key].factory
+        except KeyError:
+            raise UnknownRuntime(key) from None
+
+    def acquire(self, key: str, *, facet_dir: Path | None = None) -> tuple[Isolate, bool]:
+        """Hand out an isolate of `key`; returns (isolate, pool_hit). Blocking on a miss.
+
+        An execution with a facet always gets a new isolate, because the facet's directory is
+        mounted when the isolate is created.
+        """
+        pool = self._pools.get(key)
+        if pool is None:
+            raise UnknownRuntime(key)
+        if facet_dir is None:
+            isolate = pool.take()
+            if isolate is not None:
+                self._observer.acquired(key, True)
+                return isolate, True
+        isolate = pool.factory.create(facet_dir=facet_dir)
+        self._observer.acquired(key, False)
+        return isolate, False
+
+    def sizes(self) -> dict[str, int]:
+        """Warm isolates available now, per key."""
+        return {key: pool.size() for key, pool in self._pools.items()}
+
+    def targets(self) -> dict[str, int]:
+        """Configured warm targets, per key."""
+        return {key: pool.target for key, pool in self._pools.items()}
+
+    def wait_warm(self, timeout: float) -> bool:
+        """Block until every key holds its target (for start-up and tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(pool.size() >= pool.target for pool in self._pools.values()):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        """Stop refilling, destroy every warm isolate and close the factories."""
+        for pool in self._pools.values():
+            pool.close()
+        for pool in self._pools.values():
+            try:
+                pool.factory.close()
+            except Exception:
+                log.exception("closing the %s factory failed", pool.key)
+
+
+def _destroy_quietly(isolate: Isolate) -> None:
+    try:
+        isolate.destroy()
+    except Exception:
+        log.exception("destroying an isolate failed")
