@@ -1,0 +1,26 @@
+# The README's commands. `make serve` and `make test` each do the whole set-up first.
+.PHONY: setup serve test test-fast lint bench proto redis
+
+PYTHON := .venv/bin/python
+
+setup:
+	@sh scripts/setup.sh
+
+redis:
+	@sh scripts/ensure_redis.sh
+
+serve: setup
+	$(PYTHON) -m sandboxd.cli serve
+
+test: setup redis
+	$(PYTHON) -m pytest
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+bench: setup
+	$(PYTHON) -m sandboxd.cli bench
+
+proto:
+	$(PYTHON) scripts/gen_protos.py

@@ -1,0 +1,255 @@
+"""The `sandboxd` command line: serve, run, bench, health.
+
+`serve` and `bench` import the server and benchmark packages only when invoked, so the SDK
+itself never depends on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sandboxd import __version__
+from sandboxd._client import DEFAULT_TARGET, Client
+from sandboxd._errors import InvalidArgumentError, SandboxdError
+
+__all__ = ["main"]
+
+LANGUAGES = ("python", "javascript", "shell", "wasi", "command")
+ISOLATES = ("auto", "wasm", "jail")
+_EXTENSIONS = {".py": "python", ".js": "javascript", ".mjs": "javascript", ".sh": "shell",
+               ".wasm": "wasi"}
+EXIT_NOT_OK = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sandboxd",
+        description="Secure code execution for AI agents: pre-warmed WebAssembly and "
+        "nsjail isolates served over gRPC.",
+    )
+    parser.add_argument("--version", action="version", version=f"sandboxd {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the gRPC API",
+                                description="Serve the gRPC API until SIGTERM/SIGINT.")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks one)")
+    serve.add_argument("--metrics-port", type=int,
+                       help="Prometheus /metrics port (default 9464; -1 disables)")
+    serve.add_argument("--git-port", type=int,
+                       help="git smart-HTTP port for artifact repos (default 8470; -1 disables)")
+    serve.add_argument("--data-dir", type=Path, help="state directory (default ./.sandboxd)")
+    serve.add_argument("--pool-wasm-python", type=int, metavar="N",
+                       help="warm WebAssembly Python isolates")
+    serve.add_argument("--pool-wasm-javascript", type=int, metavar="N",
+                       help="warm WebAssembly JavaScript isolates")
+    serve.add_argument("--pool-jail", type=int, metavar="N", help="warm jails")
+    serve.add_argument("--no-jail", action="store_true", help="serve without JAIL isolates")
+    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    serve.set_defaults(handler=_serve)
+
+    run = commands.add_parser("run", help="run code on a server",
+                              description="Run a file or -c CODE; exits with the program's "
+                              "exit code (124 on timeout, 1 on other failures).")
+    run.add_argument("file", nargs="?", type=Path, help="program file (or use -c)")
+    run.add_argument("-c", dest="code", metavar="CODE", help="program text")
+    run.add_argument("--lang", choices=LANGUAGES,
+                     help="language (default: from the file extension, else python)")
+    run.add_argument("--isolate", choices=ISOLATES, default="auto", help="isolate kind")
+    run.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
+    run.add_argument("--memory", type=int, help="memory limit in bytes")
+    run.add_argument("--file-in", action="append", default=[], metavar="PATH[=LOCAL]",
+                     help="input file placed in the working directory (repeatable)")
+    run.add_argument("--output", action="append", default=[], metavar="PATH",
+                     help="output file to return (repeatable); saved under --output-dir")
+    run.add_argument("--output-dir", type=Path, default=Path("."),
+                     help="where returned output files are written (default .)")
+    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                     help="environment variable (repeatable)")
+    run.add_argument("--stdin", action="store_true", help="pass this process's stdin")
+    run.add_argument("--arg", action="append", default=[], metavar="ARG",
+                     help="argv item for wasi modules and commands (repeatable)")
+    run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    run.add_argument("--target", default=os.environ.get("SANDBOXD_TARGET", DEFAULT_TARGET),
+                     help=f"server address (default $SANDBOXD_TARGET or {DEFAULT_TARGET})")
+    run.set_defaults(handler=_run)
+
+    bench = commands.add_parser("bench", help="measure cold starts and throughput",
+                                description="Run the benchmark suite and print a table.")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
+    bench.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart")
+    bench.add_argument("--data-dir", type=Path, help="state directory (default ./.sandboxd)")
+    bench.add_argument("--quick", action="store_true", help="fewer iterations")
+    bench.add_argument("--only", action="append", default=[], metavar="GROUP",
+                       help="run only these groups (wasm, grpc, jail, artifacts, facets, "
+                       "baseline)")
+    bench.set_defaults(handler=_bench)
+
+    health = commands.add_parser("health", help="check a server's health",
+                                 description="Exit 0 when the server reports SERVING.")
+    health.add_argument("--target", default=os.environ.get("SANDBOXD_TARGET", DEFAULT_TARGET),
+                        help=f"server address (default {DEFAULT_TARGET})")
+    health.add_argument("--service", default="", help="service name (default: the server)")
+    health.set_defaults(handler=_health)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from executor.config import Settings
+    from executor.server import serve
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "data_dir", "pool_wasm_python", "pool_wasm_javascript",
+                 "pool_jail"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    for name in ("metrics_port", "git_port"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = None if value < 0 else value
+    if args.no_jail:
+        overrides["enable_jail"] = False
+    settings = Settings(**overrides)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if (args.code is None) == (args.file is None):
+        print("sandboxd run: give a program file or -c CODE (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    language = args.lang or _EXTENSIONS.get(args.file.suffix if args.file else "", "python")
+    module: bytes | None = None
+    code = args.code or ""
+    if args.file is not None:
+        try:
+            if language == "wasi":
+                module = args.file.read_bytes()
+            else:
+                code = args.file.read_text()
+        except OSError as exc:
+            print(f"sandboxd run: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        files = _input_files(args.file_in)
+        env = dict(_split_env(item) for item in args.env)
+    except ValueError as exc:
+        print(f"sandboxd run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stdin = sys.stdin.buffer.read() if args.stdin else None
+    stream = not args.json
+
+    def write_out(chunk: str) -> None:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+    def write_err(chunk: str) -> None:
+        sys.stderr.write(chunk)
+        sys.stderr.flush()
+
+    try:
+        with Client(args.target) as client:
+            execution = client.run_code(
+                code, language, timeout=args.timeout, files=files, env=env, stdin=stdin,
+                isolate=args.isolate, memory=args.memory, output_paths=args.output or None,
+                argv=args.arg or None, module=module,
+                on_stdout=write_out if stream else None,
+                on_stderr=write_err if stream else None,
+            )
+    except InvalidArgumentError as exc:
+        print(f"sandboxd run: {exc.message}", file=sys.stderr)
+        for violation in exc.field_violations:
+            print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+        return EXIT_USAGE
+    except SandboxdError as exc:
+        print(f"sandboxd run: {exc.message} (server {args.target})", file=sys.stderr)
+        return EXIT_NOT_OK
+    if args.json:
+        payload = execution.model_dump(mode="json", exclude={"stdout_bytes", "stderr_bytes",
+                                                             "files"})
+        payload["files"] = [
+            {"path": f.path, "size": f.size, "truncated": f.truncated, "error": f.error}
+            for f in execution.files
+        ]
+        print(json.dumps(payload, indent=2))
+    for output in execution.files:
+        if output.error:
+            print(f"sandboxd run: output {output.path}: {output.error}", file=sys.stderr)
+            continue
+        target = args.output_dir / output.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(output.content)
+    if execution.status != "ok" and not args.json:
+        print(f"sandboxd run: {execution.status}: {execution.message}".rstrip(": "),
+              file=sys.stderr)
+    if execution.status == "timeout":
+        return EXIT_TIMEOUT
+    if execution.exit_code:
+        return execution.exit_code & 0xFF or EXIT_NOT_OK
+    return 0 if execution.ok else EXIT_NOT_OK
+
+
+def _input_files(items: list[str]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for item in items:
+        remote, _, local = item.partition("=")
+        source = Path(local or remote)
+        try:
+            files[remote] = source.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read input file {source}: {exc.strerror}") from None
+    return files
+
+
+def _split_env(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"--env expects NAME=VALUE, got {item!r}")
+    return name, value
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.harness import run_cli
+
+    return run_cli(args)
+
+
+def _health(args: argparse.Namespace) -> int:
+    try:
+        with Client(args.target) as client:
+            status = client.health(args.service)
+    except SandboxdError as exc:
+        print(f"sandboxd health: {args.target}: {exc.message}", file=sys.stderr)
+        return EXIT_NOT_OK
+    print(status)
+    return 0 if status == "SERVING" else EXIT_NOT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Shared fixtures: the data directory with built runtimes, and a real server on port 0.
+
+The server runs in a thread with its own event loop so both the sync and async SDK clients can
+call it from tests. Runtimes are built once by set-up (`make test`) into the data directory and
+reused here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from executor.config import Settings
+from executor.server import Server
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data directory holding the built runtimes (SANDBOXD_DATA_DIR or ./.sandboxd)."""
+    path = Path(os.environ.get("SANDBOXD_DATA_DIR", REPO / ".sandboxd")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class RunningServer:
+    """A Server running on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.server = Server(settings)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=120)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(timeout=120)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+        self.loop.close()
+
+
+def start_server(data_dir: Path, **overrides: object) -> RunningServer:
+    """Start a server on free ports with `overrides` applied to the test settings."""
+    values: dict[str, object] = {
+        "port": 0, "metrics_port": 0, "git_port": 0, "data_dir": data_dir,
+        "pool_wasm_python": 2, "pool_wasm_javascript": 2, "pool_jail": 1,
+    }
+    values.update(overrides)
+    running = RunningServer(Settings(**values))  # type: ignore[arg-type]
+    running.start()
+    return running
+
+
+@pytest.fixture(scope="session")
+def server(data_dir: Path) -> Iterator[RunningServer]:
+    """One real server for the whole session."""
+    running = start_server(data_dir)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def target(server: RunningServer) -> str:
+    """host:port of the session's server."""
+    return server.target

@@ -1,0 +1,151 @@
+"""The warm pool's contract, with a small in-process isolate kind.
+
+The pool is generic over isolate kinds; these tests use a trivial kind so they can count
+creations and destructions exactly. The real kinds are exercised through the server in
+tests/integration/.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from isolates.base import (
+    CancelToken,
+    ExecutionRequest,
+    ExecutionResult,
+    Isolate,
+    IsolateFactory,
+    IsolateKind,
+    OutputSink,
+    Status,
+)
+from isolates.pool import PoolConfig, WarmPool
+
+
+class CountingIsolate(Isolate):
+    kind = IsolateKind.WASM
+    runtime = "counting"
+
+    def __init__(self, factory: CountingFactory, facet_dir: Path | None) -> None:
+        self.factory = factory
+        self.facet_dir = facet_dir
+        self.destroyed = False
+
+    def run(self, request: ExecutionRequest, *, on_output: OutputSink | None = None,
+            cancel: CancelToken | None = None) -> ExecutionResult:
+        return ExecutionResult(status=Status.OK)
+
+    def destroy(self) -> None:
+        if not self.destroyed:
+            self.destroyed = True
+            with self.factory.lock:
+                self.factory.destroyed += 1
+
+
+class CountingFactory(IsolateFactory):
+    kind = IsolateKind.WASM
+    runtime = "counting"
+
+    def __init__(self, fail_first: int = 0, delay: float = 0.0) -> None:
+        self.lock = threading.Lock()
+        self.created = 0
+        self.destroyed = 0
+        self.fail_first = fail_first
+        self.delay = delay
+        self.creator_threads: set[str] = set()
+
+    def create(self, *, facet_dir: Path | None = None) -> Isolate:
+        time.sleep(self.delay)
+        with self.lock:
+            self.creator_threads.add(threading.current_thread().name)
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                raise RuntimeError("creation failed")
+            self.created += 1
+        return CountingIsolate(self, facet_dir)
+
+
+def test_pool_fills_to_target_in_the_background_and_hands_out_hits() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=3))
+    pool.start()
+    try:
+        assert pool.wait_warm(10)
+        assert pool.sizes() == {"wasm/counting": 3}
+        isolate, hit = pool.acquire("wasm/counting")
+        assert hit
+        isolate.destroy()
+        assert pool.wait_warm(10)
+        assert factory.created == 4
+        assert all(name.startswith("pool-refill") for name in factory.creator_threads)
+    finally:
+        pool.close()
+    assert factory.destroyed == factory.created
+
+
+def test_empty_pool_creates_on_the_spot_as_a_miss() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=0))
+    pool.start()
+    try:
+        isolate, hit = pool.acquire("wasm/counting")
+        assert not hit
+        isolate.destroy()
+    finally:
+        pool.close()
+
+
+def test_facet_executions_always_get_a_new_isolate_with_the_facet() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=2))
+    pool.start()
+    try:
+        assert pool.wait_warm(10)
+        isolate, hit = pool.acquire("wasm/counting", facet_dir=Path("/facets/a"))
+        assert not hit
+        assert isinstance(isolate, CountingIsolate)
+        assert isolate.facet_dir == Path("/facets/a")
+        assert pool.sizes()["wasm/counting"] == 2
+        isolate.destroy()
+    finally:
+        pool.close()
+
+
+def test_refill_failures_back_off_and_recover() -> None:
+    factory = CountingFactory(fail_first=2)
+    pool = WarmPool([factory], PoolConfig(default_target=1, refill_backoff_s=0.01))
+    pool.start()
+    try:
+        assert pool.wait_warm(10)
+        assert factory.fail_first == 0
+    finally:
+        pool.close()
+
+
+def test_idle_isolates_are_recycled() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=1, idle_ttl_s=0.05))
+    pool.start()
+    try:
+        deadline = time.monotonic() + 10
+        while factory.destroyed < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert factory.destroyed >= 2
+        assert pool.wait_warm(10)
+    finally:
+        pool.close()
+    assert factory.destroyed == factory.created
+
+
+def test_unknown_runtime_is_a_clear_error() -> None:
+    pool = WarmPool([CountingFactory()], PoolConfig(default_target=0))
+    try:
+        pool.acquire("wasm/nope")
+    except KeyError as error:
+        assert "wasm/nope" in str(error)
+    else:
+        raise AssertionError("acquire of an unknown runtime must fail")
+    finally:
+        pool.close()
