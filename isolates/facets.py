@@ -147,7 +147,15 @@ class FacetQueryAborted(FacetError):
 
 
 class FacetQueryError(FacetError, ValueError):
-    """The SQL or its parameters are wrong (syntax, binding count, constraint, type)."""
+    """The SQL or its parameters are wrong (syntax, binding count, constraint, type).
+
+    Attributes:
+        field: which input is at fault: "sql" or "params".
+    """
+
+    def __init__(self, message: str, *, field: str = "sql") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidFacetImport(FacetError, ValueError):
@@ -447,6 +455,23 @@ async def _in_thread[**P, T](fn: Callable[P, T], *args: P.args, **kwargs: P.kwar
         raise
 
 
+async def _step[**P, T](
+    cancel: threading.Event, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """`_in_thread` for SQLite work that watches `cancel`: set it first, then wait."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, lambda: fn(*args, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # The progress handler sees the flag within a few thousand instructions.
+        cancel.set()
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
+
+
 # --------------------------------------------------------------------------------------------
 # Host connections
 
@@ -550,7 +575,7 @@ def _sql_error(guard: _Guard | None, error: sqlite3.Error, what: str) -> FacetEr
     ):
         return FacetQueryDenied(message)
     if isinstance(error, sqlite3.ProgrammingError) and "binding" in message:
-        what = "params"
+        return FacetQueryError(f"params: {message}", field="params")
     return FacetQueryError(f"{what}: {message}")
 
 
@@ -697,7 +722,7 @@ class FacetStore:
                 lock = self._locks[name] = _FairLock()
             return lock
 
-    def grant(self, name: str, *, timeout: float | None = None, create: bool = True) -> FacetGrant:
+    def grant(self, name: str, timeout: float | None = None, *, create: bool = True) -> FacetGrant:
         """Take exclusive use of facet `name`, for an execution or host work.
 
         Use as ``with store.grant(name, timeout=5) as facet_dir:`` from a thread or
@@ -896,7 +921,7 @@ class FacetStore:
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as error:
                 if isinstance(error, sqlite3.Error):
                     raise _sql_error(guard, error, "sql") from None
-                raise FacetQueryError(f"params: {error}") from None
+                raise FacetQueryError(f"params: {error}", field="params") from None
             columns = tuple(d[0] for d in cursor.description or ())
             used_bytes = 0
             kept = 0
@@ -1073,7 +1098,7 @@ class FacetStore:
             )
             try:
                 while True:
-                    batch = await _in_thread(next, steps, None)
+                    batch = await _step(cancel, next, steps, None)
                     if batch is None:
                         break
                     yield batch
