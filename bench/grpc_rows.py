@@ -1,0 +1,160 @@
+"""End-to-end rows: a real `sandboxd serve` process driven over gRPC from this process.
+
+The server runs as its own process so its CPU and memory are measured apart from the client's:
+start-up to SERVING, Execute of `print(1)` at concurrency 1, 8 and 64, JavaScript and jail
+executions, and the server's resident memory before and after many executions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.stats import Row, summarize
+from sandboxd import AsyncClient, Client, ResourceExhaustedError, SandboxdError
+
+__all__ = ["rows", "served"]
+
+GROUP = "grpc"
+
+
+@contextmanager
+def served(data_dir: Path, *extra: str) -> Iterator[tuple[str, int, float]]:
+    """Run `sandboxd serve` on a free port; yields (target, pid, seconds to SERVING)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandboxd.cli", "serve", "--port", "0", "--metrics-port", "-1",
+         "--git-port", "-1", "--data-dir", str(data_dir), "--log-level", "WARNING", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"serving on (\S+):(\d+)", line)
+        if not match:
+            raise RuntimeError(f"sandboxd serve did not start: {line!r}")
+        target = f"127.0.0.1:{match.group(2)}"
+        with Client(target) as client:
+            while client.health() != "SERVING":
+                time.sleep(0.005)
+        ready = time.perf_counter() - started
+        yield target, process.pid, ready
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _sequential(target: str, n: int, code: str, language: str, isolate: str) -> list[float]:
+    samples = []
+    with Client(target) as client:
+        for _ in range(5):
+            client.run_code(code, language, isolate=isolate)
+        for _ in range(n):
+            started = time.perf_counter()
+            execution = client.run_code(code, language, isolate=isolate)
+            samples.append(time.perf_counter() - started)
+            if not execution.ok:
+                raise RuntimeError(f"benchmark execution failed: {execution.status} "
+                                   f"{execution.message} {execution.stderr}")
+    return samples
+
+
+async def _concurrent(target: str, total: int, concurrency: int) -> tuple[list[float], float,
+                                                                          int, int]:
+    """(latencies, wall seconds, errors, rejected) for `total` calls, `concurrency` at once."""
+    samples: list[float] = []
+    errors = rejected = 0
+    remaining = total
+
+    async def worker(client: AsyncClient) -> None:
+        nonlocal remaining, errors, rejected
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            try:
+                execution = await client.run_code("print(1)")
+            except ResourceExhaustedError as exc:
+                rejected += 1
+                await asyncio.sleep(exc.retry_after)
+                continue
+            except SandboxdError:
+                errors += 1
+                continue
+            samples.append(time.perf_counter() - started)
+            if not execution.ok:
+                errors += 1
+
+    async with AsyncClient(target) as client:
+        await client.run_code("print(1)")
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return samples, wall, errors, rejected
+
+
+def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
+    """Measure the end-to-end rows against a fresh server process."""
+    n = 100 if quick else 500
+    out: list[Row] = []
+    extra = () if jail else ("--no-jail",)
+    with served(data_dir, *extra) as (target, pid, ready_s):
+        out.append({"group": GROUP, "name": "server start to SERVING (process spawn)",
+                    "n": 1, "seconds": ready_s})
+        time.sleep(0.5)  # let the pool fill
+        out.append(summarize(GROUP, "Execute print(1) wasm python, c=1",
+                             _sequential(target, n, "print(1)", "python", "wasm")))
+        out.append(summarize(GROUP, "Execute console.log(1) wasm javascript, c=1",
+                             _sequential(target, n // 2, "console.log(1)", "javascript",
+                                         "wasm")))
+        for concurrency in (8, 64):
+            samples, wall, errors, rejected = asyncio.run(
+                _concurrent(target, n * 2, concurrency))
+            out.append(summarize(GROUP, f"Execute print(1) wasm python, c={concurrency}",
+                                 samples, wall_s=wall, errors=errors, rejected=rejected))
+        if jail:
+            try:
+                out.append(summarize(GROUP, "Execute print(1) jail python (warm), c=1",
+                                     _sequential(target, max(20, n // 5), "print(1)", "python",
+                                                 "jail")))
+            except (SandboxdError, RuntimeError) as exc:
+                out.append({"group": GROUP, "name": "Execute print(1) jail python (warm), c=1",
+                            "n": 0, "note": f"unavailable: {exc}"})
+        before = rss_mb(pid)
+        executions = 2_000 if quick else 10_000
+        asyncio.run(_concurrent(target, executions, 8))
+        after = rss_mb(pid)
+        out.append({"group": GROUP, "name": f"server RSS before/after {executions} executions",
+                    "n": executions, "mb": after, "note": f"{before:.1f} MB -> {after:.1f} MB "
+                    f"({after - before:+.1f} MB)"})
+    return out
+
+
+def python_subprocess_baseline(quick: bool = False) -> Row:
+    """The baseline every isolate is compared with: `python3 -c 'print(1)'` per execution."""
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    n = 20 if quick else 50
+    samples = []
+    for _ in range(n + 2):
+        started = time.perf_counter()
+        subprocess.run([python, "-c", "print(1)"], check=True, stdout=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - started)
+    return summarize("baseline", "python3 -c 'print(1)' subprocess", samples[2:])

@@ -1,0 +1,153 @@
+"""`sandboxd bench`: run every benchmark group in one process run and print one table.
+
+Each group is a module of bench/ exposing `rows(data_dir, quick) -> list[Row]`. Baselines are
+measured in the same run as what they are compared with, and the comparisons are reported as
+ratios: absolute times on a shared machine are noise, ratios within one run are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench.stats import Row
+
+__all__ = ["GROUPS", "run", "run_cli"]
+
+GROUPS = ("baseline", "wasm", "grpc", "jail", "artifacts", "facets")
+"""Groups in run order; each is the module bench/<group>_rows.py."""
+
+RATIOS = (
+    # (label, row measured, baseline row, metric)
+    ("gRPC wasm python c=1 vs python3 -c", "Execute print(1) wasm python, c=1",
+     "python3 -c 'print(1)' subprocess", "p50_ms"),
+    ("gRPC jail python c=1 vs python3 -c", "Execute print(1) jail python (warm), c=1",
+     "python3 -c 'print(1)' subprocess", "p50_ms"),
+)
+
+
+def run(data_dir: Path, groups: list[str], quick: bool, console: Console) -> list[Row]:
+    """Run `groups` and return every row, ratio rows included."""
+    results: list[Row] = []
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        for group in groups:
+            task = progress.add_task(f"benchmark group {group}", total=None)
+            started = time.perf_counter()
+            try:
+                module = importlib.import_module(f"bench.{group}_rows")
+                group_rows: Callable[..., list[Row]] = module.rows
+                produced = group_rows(data_dir, quick)
+            except Exception as exc:  # one broken group must not lose the others' numbers
+                produced = [{"group": group, "name": f"{group} (failed)", "n": 0,
+                             "note": f"{type(exc).__name__}: {exc}"}]
+            results.extend(produced)
+            progress.remove_task(task)
+            console.log(f"{group}: {len(produced)} rows in {time.perf_counter() - started:.1f}s")
+    results.extend(_ratios(results))
+    return results
+
+
+def _ratios(results: list[Row]) -> list[Row]:
+    by_name = {row["name"]: row for row in results}
+    out: list[Row] = []
+    for label, measured, baseline, metric in RATIOS:
+        a, b = by_name.get(measured), by_name.get(baseline)
+        if a and b and a.get(metric) and b.get(metric):
+            out.append({"group": "ratio", "name": label, "n": a["n"],
+                        "ratio": b[metric] / a[metric], "note": f"{metric}: "
+                        f"{a[metric]:.3f} ms vs {b[metric]:.3f} ms (x faster)"})
+    for row in results:
+        base = row.get("baseline")
+        if base and base in by_name:
+            metric = "p50_ms" if "p50_ms" in row else "seconds"
+            a, b = row.get(metric), by_name[base].get(metric)
+            if a and b:
+                out.append({"group": "ratio", "name": f"{row['name']} vs {base}",
+                            "n": row["n"], "ratio": b / a,
+                            "note": f"{metric}: {a:.3f} vs {b:.3f} (x faster)"})
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render(results: list[Row], console: Console) -> None:
+    """Print the rows as one table."""
+    table = Table(title="sandboxd bench", show_lines=False)
+    for column in ("group", "name", "n", "p50 ms", "p90 ms", "p99 ms", "ops/s", "other"):
+        table.add_column(column, justify="left" if column in ("group", "name", "other")
+                         else "right")
+    for row in results:
+        other = []
+        for key in ("seconds", "mb", "ratio", "errors", "rejected"):
+            if key in row:
+                unit = {"seconds": " s", "mb": " MB", "ratio": "x"}.get(key, f" {key}")
+                other.append(f"{_fmt(row[key], 2 if key != 'seconds' else 3)}{unit}")
+        if row.get("note"):
+            other.append(str(row["note"]))
+        table.add_row(row["group"], row["name"], _fmt(row.get("n")), _fmt(row.get("p50_ms")),
+                      _fmt(row.get("p90_ms")), _fmt(row.get("p99_ms")),
+                      _fmt(row.get("ops_per_s"), 0), "; ".join(other))
+    console.print(table)
+
+
+def plot(results: list[Row], path: Path) -> None:
+    """A horizontal bar chart of p50 latencies (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in results if r.get("p50_ms")]
+    fig, ax = plt.subplots(figsize=(10, 0.4 * len(timed) + 1.5))
+    ax.barh([f"{r['group']}: {r['name']}" for r in timed], [r["p50_ms"] for r in timed])
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency (ms, log scale)")
+    ax.invert_yaxis()
+    ax.set_title("sandboxd bench")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """The `sandboxd bench` command."""
+    console = Console()
+    data_dir = (args.data_dir or Path(os.environ.get("SANDBOXD_DATA_DIR", ".sandboxd"))).resolve()
+    groups = args.only or list(GROUPS)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        console.print(f"[red]unknown groups: {', '.join(unknown)}; choose from "
+                      f"{', '.join(GROUPS)}")
+        return 2
+    results = run(data_dir, [g for g in GROUPS if g in groups], args.quick, console)
+    render(results, console)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version()},
+            "quick": args.quick,
+            "rows": results,
+        }, indent=2))
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        console.print(f"wrote {args.plot}")
+    return 0

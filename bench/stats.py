@@ -1,0 +1,59 @@
+"""Small helpers shared by the benchmark rows: timing loops and percentile summaries.
+
+A row is a plain dict so it prints as a table and serializes as JSON unchanged:
+{"group", "name", "n", "p50_ms", "p90_ms", "p99_ms", "ops_per_s", plus optional fields such as
+"note", "mb", "seconds", "errors", "baseline" (the name of the row it is compared with)}.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Row", "percentile", "summarize", "time_calls"]
+
+Row = dict[str, Any]
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """The `fraction` percentile (0..1) of `samples` by nearest rank."""
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(group: str, name: str, seconds: list[float], *, wall_s: float | None = None,
+              **extra: Any) -> Row:
+    """A row from per-call durations (seconds); ops/s from `wall_s` when calls overlapped."""
+    total = wall_s if wall_s is not None else sum(seconds)
+    row: Row = {
+        "group": group,
+        "name": name,
+        "n": len(seconds),
+        "p50_ms": percentile(seconds, 0.5) * 1e3,
+        "p90_ms": percentile(seconds, 0.9) * 1e3,
+        "p99_ms": percentile(seconds, 0.99) * 1e3,
+        "mean_ms": statistics.fmean(seconds) * 1e3,
+        "ops_per_s": len(seconds) / total if total > 0 else 0.0,
+    }
+    row.update(extra)
+    return row
+
+
+def time_calls(fn: Callable[[], object], n: int, *, setup: Callable[[], object] | None = None,
+               warmup: int = 3) -> list[float]:
+    """Durations of `n` sequential calls of `fn` (after `warmup` untimed ones)."""
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    samples = []
+    for _ in range(n):
+        if setup is not None:
+            setup()
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return samples
