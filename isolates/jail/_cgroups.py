@@ -1,0 +1,233 @@
+"""cgroup v1 plumbing for jails: parent cgroups at start-up, one cgroup per jail.
+
+Finds the controllers, creates sandboxd's parents, and creates, limits, inspects and removes
+one cgroup per jail.
+
+Layout (per controller memory, pids, cpu)::
+
+    <mount>/<sandboxd's own cgroup>/sandboxd-jail-<instance>/    parent, made at start-up
+        <jail id>/                  one per jail, made by sandboxd: request's memory limit,
+                                    pids limit; survives the jail's death so its OOM counter
+                                    can be read after the guest is gone
+            NSJAIL.<pid>/           made and removed by nsjail: its own copy of the limits
+
+Only cgroup v1 is supported: nsjail's cgroup v2 mode was not usable on the machines measured,
+and nsjail refuses to run when its cgroup setup fails, which is the safe default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from isolates.jail._errors import JailUnavailableError
+
+CONTROLLERS = ("memory", "pids", "cpu")
+"""The cgroup v1 controllers every jail is placed in."""
+
+
+def _v1_mounts() -> dict[str, Path]:
+    """Map each mounted cgroup v1 controller to its mount point (from /proc/self/mountinfo)."""
+    mounts: dict[str, Path] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields = right.split()
+        if len(fields) < 3 or fields[0] != "cgroup":
+            continue
+        mount_point = Path(left.split()[4])
+        for option in fields[2].split(","):
+            mounts.setdefault(option, mount_point)
+    return mounts
+
+
+def _own_path(controller: str) -> str:
+    """This process's cgroup path (relative, no leading slash) in a v1 controller."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return path.strip("/")
+    return ""
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    """Where one factory's jail cgroups live."""
+
+    mounts: dict[str, Path]
+    """Controller -> mount point, e.g. "memory" -> /sys/fs/cgroup/memory."""
+    parents: dict[str, str]
+    """Controller -> parent path relative to the mount (what nsjail's *_parent fields take)."""
+
+    def parent_dir(self, controller: str) -> Path:
+        """The absolute directory of the parent cgroup in `controller`."""
+        return self.mounts[controller] / self.parents[controller]
+
+    def jail_dir(self, controller: str, jail_id: str) -> Path:
+        """The absolute directory of one jail's cgroup in `controller`."""
+        return self.parent_dir(controller) / jail_id
+
+
+def create_parents(name: str) -> CgroupLayout:
+    """Create sandboxd's parent cgroups `name` below this process's own cgroups.
+
+    Args:
+        name: the directory name of the parents, unique per server instance.
+
+    Returns:
+        The layout, with every parent created and writable.
+
+    Raises:
+        JailUnavailableError: a controller is not mounted as cgroup v1, or a parent cannot be
+            created (e.g. not root and no delegated, writable cgroup).
+    """
+    mounts = _v1_mounts()
+    missing = [c for c in CONTROLLERS if c not in mounts]
+    if missing:
+        unified = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        raise JailUnavailableError(
+            f"cgroup v1 controller(s) {', '.join(missing)} not mounted (looked in "
+            "/proc/self/mountinfo)"
+            + ("; this host runs cgroup v2 only, which JAIL isolates do not support" if unified
+               else "")
+            + ". JAIL isolates never run without memory, pids and cpu limits."
+        )
+    parents: dict[str, str] = {}
+    for controller in CONTROLLERS:
+        relative = "/".join(p for p in (_own_path(controller), name) if p)
+        directory = mounts[controller] / relative
+        try:
+            directory.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise JailUnavailableError(
+                f"cannot create cgroup {directory} ({exc.strerror}): sandboxd needs a writable "
+                f"{controller} cgroup (run as root or delegate one; see docs/jail.md)"
+            ) from exc
+        if not os.access(directory / "cgroup.procs", os.W_OK):
+            raise JailUnavailableError(f"cgroup {directory} is not writable by sandboxd")
+        parents[controller] = relative
+    layout = CgroupLayout(mounts={c: mounts[c] for c in CONTROLLERS}, parents=parents)
+    memory = layout.parent_dir("memory")
+    if not (memory / "memory.limit_in_bytes").exists():
+        raise JailUnavailableError(f"{memory} has no memory.limit_in_bytes (not cgroup v1?)")
+    return layout
+
+
+def _write(path: Path, value: int | str) -> None:
+    path.write_text(str(value))
+
+
+class JailCgroup:
+    """The sandboxd-owned cgroups of one jail (one directory per controller)."""
+
+    def __init__(self, layout: CgroupLayout, jail_id: str) -> None:
+        self._dirs = {c: layout.jail_dir(c, jail_id) for c in CONTROLLERS}
+        self._memsw = False
+
+    @property
+    def dirs(self) -> dict[str, Path]:
+        """Controller -> this jail's cgroup directory."""
+        return dict(self._dirs)
+
+    def create(self, memory_bytes: int, pids_max: int) -> None:
+        """Create the directories and set the memory and pids ceilings.
+
+        Raises:
+            OSError: the kernel refused a directory or a limit.
+        """
+        for directory in self._dirs.values():
+            directory.mkdir()
+        memory = self._dirs["memory"]
+        self._memsw = (memory / "memory.memsw.limit_in_bytes").exists()
+        self.set_memory_limit(memory_bytes)
+        _write(self._dirs["pids"] / "pids.max", pids_max)
+
+    def set_memory_limit(self, memory_bytes: int) -> None:
+        """Set the memory limit, swap included (so a jail cannot swap its way past it)."""
+        memory = self._dirs["memory"]
+        current = int((memory / "memory.limit_in_bytes").read_text())
+        # v1 demands limit <= memsw.limit at every step: order the two writes accordingly.
+        if memory_bytes < current:
+            _write(memory / "memory.limit_in_bytes", memory_bytes)
+            if self._memsw:
+                _write(memory / "memory.memsw.limit_in_bytes", memory_bytes)
+        else:
+            if self._memsw:
+                _write(memory / "memory.memsw.limit_in_bytes", memory_bytes)
+            _write(memory / "memory.limit_in_bytes", memory_bytes)
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel OOM-killed in this jail (hierarchical count)."""
+        with contextlib.suppress(OSError):
+            for line in (self._dirs["memory"] / "memory.oom_control").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        return 0
+
+    def memory_failcnt(self) -> int:
+        """How often a charge hit the memory limit of this jail (reclaim may have succeeded)."""
+        try:
+            return int((self._dirs["memory"] / "memory.failcnt").read_text())
+        except OSError:
+            return 0
+
+    def memory_usage(self) -> int:
+        """Bytes currently charged to this jail (processes, page cache, tmpfs)."""
+        try:
+            return int((self._dirs["memory"] / "memory.usage_in_bytes").read_text())
+        except OSError:
+            return 0
+
+    def remove(self, timeout_s: float = 5.0) -> None:
+        """Kill every process left in the jail's cgroups and remove the directories."""
+        remove_tree(list(self._dirs.values()), timeout_s)
+
+
+def _tree_procs(directory: Path) -> list[int]:
+    pids: list[int] = []
+    for procs in directory.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.extend(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def remove_tree(directories: list[Path], timeout_s: float = 5.0) -> None:
+    """SIGKILL every process in the given cgroup trees, then remove them bottom-up.
+
+    Args:
+        directories: cgroup directories (any controller); missing ones are skipped.
+        timeout_s: how long to wait for killed processes to leave before giving up.
+
+    Raises:
+        OSError: a directory could not be removed within `timeout_s`.
+    """
+    deadline = time.monotonic() + timeout_s
+    for directory in directories:
+        if not directory.exists():
+            continue
+        while True:
+            pids = _tree_procs(directory)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            subdirs = sorted(
+                (p for p in directory.rglob("*") if p.is_dir()),
+                key=lambda p: len(p.parts),
+                reverse=True,
+            )
+            try:
+                for sub in [*subdirs, directory]:
+                    with contextlib.suppress(FileNotFoundError):
+                        sub.rmdir()
+                break
+            except OSError as exc:
+                # EBUSY: killed processes have not left yet; nsjail may also be removing its
+                # own child cgroup concurrently.
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)

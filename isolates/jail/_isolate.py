@@ -1,0 +1,208 @@
+"""One warm jail: an nsjail process whose driver waits for a single request.
+
+`run()` sends the request, relays streamed output, waits for the driver's report with a
+backstop deadline, reads the cgroup's OOM counter and classifies the outcome. `destroy()` sends
+SIGTERM to nsjail (which kills the jail and removes its own cgroup), SIGKILL only after a grace
+period, then removes sandboxd's cgroups and the jail's state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from isolates.base import (
+    CancelToken,
+    ExecutionRequest,
+    ExecutionResult,
+    Isolate,
+    IsolateKind,
+    Language,
+    Limits,
+    OutputFile,
+    OutputSink,
+)
+from isolates.jail._cgroups import JailCgroup
+from isolates.jail._classify import classify
+from isolates.jail._protocol import FrameEOF, FrameReader, FrameTimeout, b64, encode_request
+from isolates.jail._settings import JailSettings
+
+LANGUAGES = frozenset({Language.PYTHON, Language.SHELL, Language.COMMAND})
+"""What a JAIL isolate runs."""
+MIN_MEMORY_BYTES = 32 * 1024 * 1024
+"""Lowest memory limit applied: below it the warm driver alone would not fit."""
+
+
+class JailIsolate(Isolate):
+    """A warm, single-use jail made by `JailFactory.create()`."""
+
+    kind = IsolateKind.JAIL
+
+    def __init__(
+        self,
+        *,
+        runtime: str,
+        jail_id: str,
+        state_dir: Path,
+        process: subprocess.Popen[bytes],
+        reader: FrameReader,
+        cgroup: JailCgroup,
+        settings: JailSettings,
+    ) -> None:
+        self.runtime = runtime
+        self.jail_id = jail_id
+        self._state_dir = state_dir
+        self._process = process
+        self._reader = reader
+        self._cgroup = cgroup
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._used = False
+        self._destroyed = False
+        self._cancelled = threading.Event()
+
+    @property
+    def pid(self) -> int:
+        """The host pid of this jail's nsjail process."""
+        return self._process.pid
+
+    def memory_usage(self) -> int:
+        """Bytes charged to this jail's memory cgroup (driver, page cache, tmpfs)."""
+        return self._cgroup.memory_usage()
+
+    def _clamp(self, limits: Limits) -> Limits:
+        return limits.model_copy(update={
+            "timeout_s": min(limits.timeout_s, self._settings.max_timeout_s),
+            "memory_bytes": max(MIN_MEMORY_BYTES,
+                                min(limits.memory_bytes, self._settings.max_memory_bytes)),
+        })
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self._process.poll() is None:
+                self._process.send_signal(signum)
+
+    def _on_cancel(self) -> None:
+        self._cancelled.set()
+        # nsjail answers SIGTERM by SIGKILLing everything in the jail.
+        self._signal(signal.SIGTERM)
+
+    def run(
+        self,
+        request: ExecutionRequest,
+        *,
+        on_output: OutputSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ExecutionResult:
+        """Run `request` in this jail (blocking). See `Isolate.run`.
+
+        Raises:
+            ValueError: the language is not one a jail runs (a routing fault of the caller).
+            RuntimeError: the isolate was already used or destroyed.
+        """
+        if request.language not in LANGUAGES:
+            raise ValueError(f"JAIL isolates do not run {request.language.value!r}")
+        with self._lock:
+            if self._used or self._destroyed:
+                raise RuntimeError(f"jail {self.jail_id} is single-use and was already used")
+            self._used = True
+        started = time.monotonic()
+        limits = self._clamp(request.limits)
+        self._cgroup.set_memory_limit(limits.memory_bytes)
+        if cancel is not None:
+            cancel.on_cancel(self._on_cancel)
+        report: dict[str, Any] | None = None
+        host_timeout = False
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            if not self._cancelled.is_set():
+                stdin.write(encode_request(request, limits, on_output is not None))
+                stdin.flush()
+                deadline = time.monotonic() + limits.timeout_s + self._settings.result_grace_s
+                while True:
+                    frame = self._reader.read(deadline)
+                    if frame.get("t") == "out" and on_output is not None:
+                        on_output(str(frame.get("s")), b64(frame, "d"))
+                    elif frame.get("t") == "result":
+                        report = frame
+                        break
+        except (BrokenPipeError, FrameEOF):
+            report = None
+        except FrameTimeout:
+            host_timeout = True
+            self._signal(signal.SIGTERM)
+        oom_kills = self._cgroup.oom_kills()
+        nsjail_log = ""
+        if report is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(self._settings.kill_grace_s)
+            nsjail_log = self._read_log()
+        verdict = classify(
+            report=report,
+            limits=limits,
+            cancelled=self._cancelled.is_set(),
+            host_timeout=host_timeout,
+            oom_kills=oom_kills,
+            nsjail_log=nsjail_log,
+        )
+        report = report or {}
+        stdout, stderr = b64(report, "stdout"), b64(report, "stderr")
+        out_total = int(report.get("stdout_total", len(stdout)))
+        err_total = int(report.get("stderr_total", len(stderr)))
+        files = tuple(
+            OutputFile(
+                path=str(f["path"]),
+                content=b64(f, "content"),
+                truncated=bool(f.get("truncated")),
+                size=int(f.get("size", 0)),
+                error=str(f.get("error", "")),
+            )
+            for f in report.get("files", [])
+            if isinstance(f, dict) and f.get("path") in request.output_paths
+        )
+        return ExecutionResult(
+            status=verdict.status,
+            exit_code=verdict.exit_code,
+            stdout=stdout,
+            stderr=stderr,
+            stdout_truncated=out_total > len(stdout),
+            stderr_truncated=err_total > len(stderr),
+            stdout_total_bytes=out_total,
+            stderr_total_bytes=err_total,
+            files=files,
+            message=verdict.message,
+            run_us=int((time.monotonic() - started) * 1e6),
+        )
+
+    def _read_log(self) -> str:
+        try:
+            with (self._state_dir / "nsjail.log").open("rb") as log:
+                return log.read()[-65536:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def destroy(self) -> None:
+        """Kill the jail and remove its cgroups and state directory. Idempotent."""
+        with self._lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+        self._signal(signal.SIGTERM)
+        try:
+            self._process.wait(self._settings.kill_grace_s)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        self._cgroup.remove()
+        shutil.rmtree(self._state_dir, ignore_errors=True)

