@@ -139,6 +139,7 @@ def build_config(
         # No nsjail time limit: a warm jail waits in the pool for an unknown time; the driver
         # enforces the request's wall limit and the host backs it up.
         time_limit=0,
+        nice_level=settings.nice_level,
         log_file=str(log_file),
         log_level=LogLevel.INFO,
         keep_env=False,

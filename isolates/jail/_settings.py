@@ -33,6 +33,9 @@ class JailSettings(BaseModel):
     """Size of the tmpfs /tmp."""
     tmp_inodes: int = Field(default=4096, ge=64)
     """Files and directories /tmp may hold."""
+    nice_level: int = Field(default=0, ge=-20, le=19)
+    """Scheduling niceness of jails (nsjail's default of 19 starves warm runs under load;
+    the cgroup CPU quota is what bounds a jail)."""
     nofile: int = Field(default=256, ge=32)
     """RLIMIT_NOFILE of every process in the jail."""
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)

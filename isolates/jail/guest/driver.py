@@ -196,7 +196,7 @@ def _child(request: dict[str, Any], stdin_fd: int, out_w: int, err_w: int) -> No
         os.dup2(stdin_fd, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        os.closerange(3, 1 << 16)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # RLIMIT_NOFILE bounds every fd
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
@@ -243,6 +243,9 @@ def _cpu_ticks_of_live_processes() -> int:
 
 def _kill_all() -> None:
     """SIGKILL every process in the jail but the driver (pid 1 is exempt from kill(-1))."""
+    if os.getpid() != 1:
+        # Outside its own pid namespace kill(-1) would hit every process of the user.
+        os._exit(70)
     with contextlib.suppress(ProcessLookupError):
         os.kill(-1, signal.SIGKILL)
 
@@ -356,6 +359,9 @@ def _execute(request: dict[str, Any], result_fd: int, wake_r: int) -> dict[str, 
 
 def main() -> None:
     """Prepare, report READY, run the one request, report RESULT, wait for the host to go."""
+    if DRIVER_PID != 1:
+        # Only meaningful (and only safe: see _kill_all) as pid 1 of a jail's pid namespace.
+        sys.exit("driver.py must run as pid 1 inside a jail")
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             __import__(name)
