@@ -6,6 +6,7 @@ The CLI's flags override the environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     """Largest `code` accepted."""
     max_module_bytes: int = Field(default=64 * 1024**2, gt=0)
     """Largest wasm module accepted."""
-    max_request_bytes: int = Field(default=96 * 1024**2, gt=0)
+    max_request_bytes: int = Field(default=128 * 1024**2, gt=0)
     """Largest request message the server accepts at all."""
     max_files: int = Field(default=1000, ge=0)
     max_files_bytes: int = Field(default=64 * 1024**2, gt=0)
@@ -72,6 +73,4 @@ class Settings(BaseSettings):
     @property
     def concurrency(self) -> int:
         """Executions allowed to run at once."""
-        import os
-
         return self.max_concurrency or 2 * (os.cpu_count() or 1)

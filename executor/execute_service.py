@@ -27,8 +27,8 @@ from executor.runner import ExecutionOutcome, ExecutionRunner
 from executor.validation import ValidatedExecute, ValidationFailed, validate_execute
 from executor.wire import MalformedRequest, decode
 from isolates.base import CancelToken, InvalidRequest, IsolateKind, Limits, OutputSink
-from scheduler.placement import PlacementError
 from sandboxd.v1 import executor_pb2 as pb
+from scheduler.placement import PlacementError
 
 __all__ = ["ExecutorService", "add_to_server"]
 

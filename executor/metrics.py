@@ -7,6 +7,8 @@ Labels are bounded sets (status, kind, runtime); never an id.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["Metrics"]
@@ -91,7 +93,7 @@ class Metrics:
         """Track the warm pool size."""
         self.pool_size.labels(key).set(size)
 
-    def serve(self, host: str, port: int) -> tuple[int, object]:
+    def serve(self, host: str, port: int) -> tuple[int, Any]:
         """Serve /metrics over HTTP from a daemon thread; returns (bound port, server)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server.server_port, server

@@ -32,9 +32,8 @@ async def abort_overloaded(
     """Abort with RESOURCE_EXHAUSTED and a RetryInfo saying when to try again."""
     delay = duration_pb2.Duration()
     delay.FromNanoseconds(int(retry_after * 1e9))
-    await abort_status(
-        context, code_pb2.RESOURCE_EXHAUSTED, message, error_details_pb2.RetryInfo(retry_delay=delay)
-    )
+    retry = error_details_pb2.RetryInfo(retry_delay=delay)
+    await abort_status(context, code_pb2.RESOURCE_EXHAUSTED, message, retry)
 
 
 async def abort_status(
@@ -43,7 +42,7 @@ async def abort_status(
     """Abort the call with a google.rpc.Status carrying `details` (protobuf messages)."""
     status = status_pb2.Status(code=code, message=message)
     for detail in details:
-        status.details.add().Pack(detail)  # type: ignore[arg-type]
+        status.details.add().Pack(detail)
     grpc_status = rpc_status.to_status(status)
     await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
     raise AssertionError("unreachable: abort raises")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 __all__ = ["MalformedRequest", "decode"]
@@ -28,7 +28,7 @@ class MalformedRequest(Exception):
         self.violations = violations
 
 
-def decode(message_type: type[M], data: bytes) -> M:
+def decode[M: Message](message_type: type[M], data: bytes) -> M:
     """Parse `data` as `message_type`, raising `MalformedRequest` with field paths on failure."""
     try:
         return message_type.FromString(data)
@@ -41,7 +41,7 @@ def decode(message_type: type[M], data: bytes) -> M:
 _mirrors: dict[str, type[Message]] = {}
 
 
-def _mirror_class(descriptor: Descriptor) -> type[Message]:
+def _mirror_class(descriptor: Any) -> type[Message]:
     """A class for `descriptor`'s message with every string field turned into bytes."""
     cached = _mirrors.get(descriptor.full_name)
     if cached is not None:
@@ -82,7 +82,7 @@ def _strings_to_bytes(
         _strings_to_bytes(nested, old_package, new_package)
 
 
-def _utf8_violations(descriptor: Descriptor, data: bytes) -> list[tuple[str, str]]:
+def _utf8_violations(descriptor: Any, data: bytes) -> list[tuple[str, str]]:
     try:
         mirror = _mirror_class(descriptor).FromString(data)
     except DecodeError:
@@ -93,7 +93,7 @@ def _utf8_violations(descriptor: Descriptor, data: bytes) -> list[tuple[str, str
 
 
 def _walk(
-    descriptor: Descriptor, mirror: Any, prefix: str, out: list[tuple[str, str]]
+    descriptor: Any, mirror: Any, prefix: str, out: list[tuple[str, str]]
 ) -> None:
     for field in descriptor.fields:
         path = f"{prefix}{field.name}"

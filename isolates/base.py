@@ -165,8 +165,11 @@ def validate_relative_path(path: str) -> str | None:
 
 
 class InvalidRequest(ValueError):
-    """The request cannot run in this isolate through no fault of sandboxd (e.g. a module that
-    is not valid wasm). The executor answers INVALID_ARGUMENT naming `field`."""
+    """The request cannot run in this isolate, through no fault of sandboxd.
+
+    For example a module that is not valid wasm. The executor answers INVALID_ARGUMENT naming
+    `field`.
+    """
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)

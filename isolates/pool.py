@@ -150,7 +150,8 @@ class _RuntimePool:
                 failures += 1
                 self._observer.refill_failed(self.key)
                 delay = min(self._config.refill_backoff_s * 2 ** (failures - 1), 30.0)
-                log.exception("creating a warm %s isolate failed; retrying in %.1fs", self.key, delay)
+                log.exception("creating a warm %s isolate failed; retrying in %.1fs",
+                              self.key, delay)
                 with self._cond:
                     self._cond.wait_for(lambda: self._closed, timeout=delay)
                 continue

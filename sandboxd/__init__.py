@@ -1,10 +1,10 @@
 """sandboxd: secure code execution for AI agents.
 
-    from sandboxd import Client
+from sandboxd import Client
 
-    with Client("localhost:50051") as client:
-        execution = client.run_code("print(6 * 7)")
-        print(execution.stdout, execution.status)
+with Client("localhost:50051") as client:
+execution = client.run_code("print(6 * 7)")
+print(execution.stdout, execution.status)
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -1,4 +1,4 @@
-"""`Client` and `AsyncClient`: the SDK's entry points, mirroring each other.
+r"""`Client` and `AsyncClient`: the SDK's entry points, mirroring each other.
 
 Both build requests through `_build_request` (shared validation of the SDK's own arguments),
 call the Executor service and turn the wire result into an `Execution`. With `on_stdout` or
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_TARGET", "AsyncClient", "Client"]
 
 DEFAULT_TARGET = "localhost:50051"
-MAX_MESSAGE_BYTES = 96 * 1024 * 1024
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 DEADLINE_SLACK_S = 30.0
 """Added to the execution timeout to form the call deadline (queueing, transfer)."""
 

@@ -121,8 +121,8 @@ _BY_CODE: dict[grpc.StatusCode, type[SandboxdError]] = {
 
 def from_rpc_error(error: grpc.RpcError) -> SandboxdError:
     """Translate a gRPC error (sync or aio) into the matching `SandboxdError` subclass."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or code.name  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or code.name
     status = _rich_status(error)
     if code == grpc.StatusCode.INVALID_ARGUMENT or code == grpc.StatusCode.FAILED_PRECONDITION:
         violations: list[FieldViolation] = []
@@ -146,6 +146,6 @@ def from_rpc_error(error: grpc.RpcError) -> SandboxdError:
 def _rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
     """The `google.rpc.Status` carried in the trailing metadata, if any."""
     try:
-        return rpc_status.from_call(error)  # type: ignore[arg-type]
+        return rpc_status.from_call(error)
     except (ValueError, AttributeError):
         return None

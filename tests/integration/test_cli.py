@@ -1,0 +1,74 @@
+"""The `sandboxd` command line against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def sandboxd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sandboxd.cli", *args], capture_output=True,
+                          text=True, input=stdin, timeout=120)
+
+
+def test_version_and_help() -> None:
+    version = sandboxd("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("sandboxd ")
+    for command in ("serve", "run", "bench", "health"):
+        helped = sandboxd(command, "--help")
+        assert helped.returncode == 0, helped.stderr
+        assert "usage: sandboxd " + command in helped.stdout
+
+
+def test_run_prints_and_exits_with_the_program_status(target: str) -> None:
+    done = sandboxd("run", "--target", target, "-c", "print(6*7)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "42\n"
+    failed = sandboxd("run", "--target", target, "-c", "import sys; sys.exit(7)")
+    assert failed.returncode == 7
+
+
+def test_run_javascript(target: str) -> None:
+    done = sandboxd("run", "--target", target, "--lang", "javascript", "-c", "console.log(6*7)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "42\n"
+
+
+def test_run_file_json_and_outputs(target: str, tmp_path: Path) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text("open('result.txt', 'w').write('done')\nprint('hi')\n")
+    done = sandboxd("run", "--target", target, "--json", "--output", "result.txt",
+                    "--output-dir", str(tmp_path / "out"), str(program))
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["status"] == "ok"
+    assert payload["stdout"] == "hi\n"
+    assert (tmp_path / "out" / "result.txt").read_text() == "done"
+
+
+def test_run_timeout_exit_status(target: str) -> None:
+    done = sandboxd("run", "--target", target, "--timeout", "0.2", "-c", "while True: pass")
+    assert done.returncode == 124
+    assert "timeout" in done.stderr
+
+
+def test_run_reports_invalid_fields(target: str) -> None:
+    done = sandboxd("run", "--target", target, "--file-in", "../x=/etc/hostname", "-c", "1")
+    assert done.returncode == 2
+    assert "files[0].path" in done.stderr
+
+
+def test_health(target: str) -> None:
+    done = sandboxd("health", "--target", target)
+    assert done.returncode == 0
+    assert done.stdout.strip() == "SERVING"
+
+
+def test_unreachable_server_is_a_clear_error() -> None:
+    done = sandboxd("health", "--target", "127.0.0.1:1")
+    assert done.returncode == 1
+    assert "127.0.0.1:1" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,158 @@
+"""Adversarial API input (security.md A1-A4) and overload (R8), against a real server.
+
+Each test asserts the safe outcome: INVALID_ARGUMENT naming the field (or RESOURCE_EXHAUSTED
+with RetryInfo under overload) and a server that keeps serving afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from sandboxd import AsyncClient, Client, InvalidArgumentError, ResourceExhaustedError
+from sandboxd.v1 import executor_pb2 as pb
+from tests.conftest import RunningServer, start_server
+
+
+def raw_execute(target: str, data: bytes) -> grpc.RpcError:
+    """Send raw bytes as an ExecuteRequest; return the error the server answers with."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/sandboxd.v1.Executor/Execute",
+                                   request_serializer=lambda raw: raw,
+                                   response_deserializer=pb.ExecuteResponse.FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            call(data, timeout=30)
+    return info.value
+
+
+def violated_fields(error: grpc.RpcError) -> list[str]:
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    fields = []
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        assert detail.Unpack(bad_request)
+        fields += [v.field for v in bad_request.field_violations]
+    return fields
+
+
+def assert_still_serving(target: str) -> None:
+    with Client(target) as client:
+        assert client.health() == "SERVING"
+        assert client.run_code("print('alive')").stdout == "alive\n"
+
+
+def test_A1_huge_code_nul_and_invalid_utf8_are_rejected(target: str) -> None:
+    with Client(target) as client:
+        with pytest.raises(InvalidArgumentError) as info:
+            client.run_code("#" * (100 * 1024 * 1024))
+        assert [v.field for v in info.value.field_violations] == ["code"]
+        assert "the limit is" in info.value.field_violations[0].description
+        with pytest.raises(InvalidArgumentError) as info:
+            client.run_code("print(1)\x00")
+        assert info.value.field_violations[0].field == "code"
+    data = pb.ExecuteRequest(language=pb.LANGUAGE_PYTHON, code="print('QQ')").SerializeToString()
+    error = raw_execute(target, data.replace(b"QQ", b"\xff\xfe"))
+    assert violated_fields(error) == ["code"]
+    assert_still_serving(target)
+
+
+@pytest.mark.parametrize(
+    ("limits", "field"),
+    [
+        (pb.Limits(timeout_ms=2**64 - 1), "limits.timeout_ms"),  # -1 on the wire
+        (pb.Limits(timeout_ms=2**63), "limits.timeout_ms"),
+        (pb.Limits(memory_bytes=2**64 - 1), "limits.memory_bytes"),
+        (pb.Limits(memory_bytes=2**50), "limits.memory_bytes"),
+        (pb.Limits(output_bytes=2**63), "limits.output_bytes"),
+    ],
+)
+def test_A2_absurd_limits_are_rejected_not_unlimited(target: str, limits: pb.Limits,
+                                                     field: str) -> None:
+    data = pb.ExecuteRequest(language=pb.LANGUAGE_PYTHON, code="print(1)",
+                             limits=limits).SerializeToString()
+    assert violated_fields(raw_execute(target, data)) == [field]
+
+
+def test_A2_zero_limits_mean_server_defaults_not_unlimited(target: str) -> None:
+    with Client(target) as client:
+        execution = client.run_code("while True: pass", timeout=None)
+    # The default wall limit (10 s) stops it; zero never means "no limit".
+    assert execution.status == "timeout"
+
+
+def test_A3_unknown_enums_and_empty_request_are_rejected(target: str) -> None:
+    assert "language" in violated_fields(raw_execute(target, b""))
+    data = pb.ExecuteRequest(language=99, code="x", isolate=42).SerializeToString()
+    assert sorted(violated_fields(raw_execute(target, data))) == ["isolate", "language"]
+    data = pb.ExecuteRequest(language=pb.LANGUAGE_PYTHON).SerializeToString()
+    assert violated_fields(raw_execute(target, data)) == ["code"]
+    assert_still_serving(target)
+
+
+@pytest.mark.parametrize("path", ["../etc/passwd", "/abs", "a\x00b", "", "a/../../b", "./x"])
+def test_A4_bad_file_paths_are_rejected(target: str, path: str) -> None:
+    with Client(target) as client:
+        with pytest.raises(InvalidArgumentError) as info:
+            client.run_code("print(1)", files={path: b"x"})
+        assert [v.field for v in info.value.field_violations] == ["files[0].path"]
+        with pytest.raises(InvalidArgumentError) as info:
+            client.run_code("print(1)", output_paths=[path])
+        assert [v.field for v in info.value.field_violations] == ["output_paths[0]"]
+
+
+def test_A4_duplicate_paths_are_rejected(target: str) -> None:
+    data = pb.ExecuteRequest(language=pb.LANGUAGE_PYTHON, code="print(1)",
+                             files=[pb.File(path="same"), pb.File(path="same")],
+                             output_paths=["o", "o"]).SerializeToString()
+    assert sorted(violated_fields(raw_execute(target, data))) == ["files[1].path",
+                                                                  "output_paths[1]"]
+    assert_still_serving(target)
+
+
+@pytest.fixture(scope="module")
+def small_server(data_dir: Path) -> RunningServer:
+    running = start_server(data_dir, max_concurrency=2, max_queue=16, pool_jail=0,
+                           enable_jail=False)
+    yield running
+    running.stop()
+
+
+def _scratch_entries(data_dir: Path) -> int:
+    scratch = data_dir / "scratch"
+    return len(list(scratch.iterdir())) if scratch.exists() else 0
+
+
+async def test_R8_thousand_concurrent_calls_all_answered(small_server: RunningServer,
+                                                         data_dir: Path) -> None:
+    pool = small_server.server.pool
+    assert pool is not None
+    assert await asyncio.to_thread(pool.wait_warm, 30)
+    baseline_scratch = _scratch_entries(data_dir)
+    ok = exhausted = 0
+    async with AsyncClient(small_server.target) as client:
+        async def one(i: int) -> None:
+            nonlocal ok, exhausted
+            try:
+                execution = await client.run_code(f"print({i})")
+            except ResourceExhaustedError as error:
+                assert error.retry_after > 0
+                exhausted += 1
+            else:
+                assert execution.stdout == f"{i}\n"
+                ok += 1
+
+        await asyncio.gather(*(one(i) for i in range(1000)))
+    assert ok + exhausted == 1000
+    assert ok >= 18  # at least the slots plus the queue were served
+    assert exhausted > 0  # the bounded queue pushed back instead of growing
+    assert await asyncio.to_thread(pool.wait_warm, 30)
+    assert pool.sizes() == pool.targets()
+    assert _scratch_entries(data_dir) <= baseline_scratch
+    assert_still_serving(small_server.target)
