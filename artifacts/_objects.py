@@ -1,0 +1,225 @@
+"""The one content-addressed object store shared by every repo.
+
+A dulwich `DiskObjectStore` under ``DATA_DIR/artifacts/objects``: an object is stored once
+however many repos reference it. `SharedObjectStore` adds the store's ingest rules to it:
+
+* a pushed pack is streamed through `PackGuard` (size, count, zlib-bomb and delta-bomb
+  limits) into a *quarantine* store under ``artifacts/tmp/``, checked object by object (tree
+  entry names, modes, order; commit and tag headers) and for connectivity (everything it
+  references is in the pack or already in the store), and only then moved into the shared
+  pack directory. A refused push leaves nothing behind.
+* raw objects offered with an id (`ingest`) are rehashed; a mismatch is refused.
+
+Invariant relied on by the ref checks: every object in the store has all the objects it
+references in the store too (gitlinks excepted), so a ref pointing at a stored commit is
+fully connected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from dulwich.errors import ObjectFormatException
+from dulwich.object_store import DiskObjectStore
+
+from artifacts._errors import ArtifactsError, InvalidArgumentError, LimitExceededError
+from artifacts._limits import StoreLimits
+from artifacts._packscan import PackGuard, guard_reads
+from artifacts._packwrite import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE, TYPE_NAMES, PackWriter
+from artifacts._validate import (
+    MODE_GITLINK,
+    check_commit_raw,
+    check_tag_raw,
+    parse_tree_strict,
+)
+
+__all__ = ["RawObject", "SharedObjectStore", "check_object"]
+
+log = logging.getLogger(__name__)
+
+RawObject = tuple[str, int, bytes]
+"""(hex id claimed by the sender, type number, content without header)."""
+
+
+def check_object(type_num: int, raw: bytes, field: str = "object") -> list[bytes]:
+    """Validate one object's content and return the hex ids it references.
+
+    Raises:
+        InvalidArgumentError: When the content breaks a rule of `artifacts._validate`.
+    """
+    if type_num == OBJ_TREE:
+        return [
+            sha.hex().encode()
+            for _, mode, sha in parse_tree_strict(raw, field)
+            if mode != MODE_GITLINK
+        ]
+    if type_num == OBJ_COMMIT:
+        tree, parents = check_commit_raw(raw, field)
+        return [tree, *parents]
+    if type_num == OBJ_TAG:
+        return [check_tag_raw(raw, field)]
+    if type_num == OBJ_BLOB:
+        return []
+    raise InvalidArgumentError(field, f"unknown object type {type_num}")
+
+
+class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
+    """dulwich's disk store plus quarantined, validated ingest of packs and raw objects."""
+
+    def __init__(self, path: Path, tmp_dir: Path, limits: StoreLimits) -> None:
+        super().__init__(str(path), pack_compression_level=limits.compression_level)
+        self.limits = limits
+        self.tmp_dir = tmp_dir
+
+    @classmethod
+    def open(cls, path: Path, tmp_dir: Path, limits: StoreLimits) -> SharedObjectStore:
+        """Open the store at ``path``, creating its directories on first use."""
+        (path / "pack").mkdir(parents=True, exist_ok=True)
+        (path / "info").mkdir(exist_ok=True)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        return cls(path, tmp_dir, limits)
+
+    @property
+    def pack_path(self) -> Path:
+        """Directory of the store's packs."""
+        return Path(self.pack_dir)
+
+    def has(self, sha_hex: bytes) -> bool:
+        """Whether the store holds an object (hex id)."""
+        return sha_hex in self
+
+    def new_pack_writer(self) -> PackWriter:
+        """Start a pack that skips objects the store already holds."""
+        return PackWriter(
+            self.pack_path,
+            self._has_packed,
+            compression_level=self.limits.compression_level,
+            threads=self.limits.threads,
+        )
+
+    def _has_packed(self, sha: bytes) -> bool:
+        # Every object lives in a pack and this process lands every pack itself, so the
+        # cached pack list is current: skip dulwich's directory rescan on each miss.
+        for pack in self._iter_cached_packs():
+            try:
+                pack.index.object_offset(sha)
+            except KeyError:
+                continue
+            return True
+        return False
+
+    def land(self, writer: PackWriter) -> None:
+        """Finish a pack started with `new_pack_writer` and make its objects visible."""
+        writer.finish()
+        self._update_pack_cache()
+
+    # -- raw ingest -------------------------------------------------------------------------
+
+    def ingest(self, objects: Iterable[RawObject]) -> list[str]:
+        """Add raw objects after checking each id, content and connectivity.
+
+        Args:
+            objects: ``(claimed hex id, type number, content)`` triples.
+
+        Returns:
+            The ids added (or already present).
+
+        Raises:
+            InvalidArgumentError: On an id that does not match its bytes, invalid content or a
+                reference to an object that is neither offered nor stored.
+        """
+        items: list[tuple[int, bytes]] = []
+        ids: list[str] = []
+        refs: list[tuple[int, bytes]] = []
+        for i, (claimed, type_num, data) in enumerate(objects):
+            field = f"objects[{i}]"
+            if type_num not in TYPE_NAMES:
+                raise InvalidArgumentError(field, f"unknown object type {type_num}")
+            if len(data) > self.limits.max_object_bytes:
+                raise LimitExceededError(field, "object larger than the limit")
+            h = hashlib.sha1(TYPE_NAMES[type_num] + b" %d\x00" % len(data))
+            h.update(data)
+            if h.hexdigest() != claimed:
+                raise InvalidArgumentError(
+                    field, f"id {claimed} does not match its content ({h.hexdigest()})"
+                )
+            refs.extend((i, r) for r in check_object(type_num, data, field))
+            items.append((type_num, data))
+            ids.append(claimed)
+        offered = {i.encode() for i in ids}
+        for i, ref in refs:
+            if ref not in offered and ref not in self:
+                raise InvalidArgumentError(f"objects[{i}]", f"references missing {ref.decode()}")
+        writer = self.new_pack_writer()
+        try:
+            for type_num, data in items:
+                writer.add(type_num, data)
+        except BaseException:
+            writer.abort()
+            raise
+        self.land(writer)
+        return ids
+
+    # -- git push ---------------------------------------------------------------------------
+
+    def add_thin_pack(
+        self,
+        read_all: Callable[[int], bytes],
+        read_some: Callable[[int], bytes] | None,
+        progress: Callable[..., None] | None = None,
+        *,
+        max_input_size: int | None = None,
+    ) -> Any:
+        """Receive a pushed pack: guard, quarantine, validate, then move in.
+
+        Called by dulwich's receive-pack handler. Errors are raised as dulwich's
+        `ObjectFormatException` so the client sees ``unpack <reason>`` and no ref moves.
+        """
+        guard = PackGuard(
+            max_bytes=self.limits.max_pack_bytes,
+            max_objects=self.limits.max_pack_objects,
+            max_object_bytes=self.limits.max_object_bytes,
+        )
+        qdir = Path(tempfile.mkdtemp(prefix="incoming-", dir=self.tmp_dir))
+        quarantine = None
+        try:
+            quarantine = DiskObjectStore.init(str(qdir / "objects"))
+            quarantine.close()
+            quarantine = DiskObjectStore(str(qdir / "objects"), alternates=[self.path])
+            r_all, r_some = guard_reads(guard, read_all, read_some)
+            pack = quarantine.add_thin_pack(r_all, r_some, progress)
+            self._check_quarantined(pack)
+            base = Path(pack.data.filename).with_suffix("")
+            pack.close()
+            quarantine.close()
+            target = self.pack_path / base.name
+            os.replace(base.with_suffix(".pack"), target.with_suffix(".pack"))
+            os.replace(base.with_suffix(".idx"), target.with_suffix(".idx"))
+            self._update_pack_cache()
+            return None
+        except ArtifactsError as e:
+            log.info("push refused: %s", e)
+            raise ObjectFormatException(str(e)) from None
+        finally:
+            if quarantine is not None:
+                quarantine.close()
+                for alt in quarantine.alternates:
+                    alt.close()
+            shutil.rmtree(qdir, ignore_errors=True)
+
+    def _check_quarantined(self, pack: Any) -> None:
+        in_pack = {sha for sha in pack}
+        for obj in pack.iterobjects():
+            if obj.type_num == OBJ_BLOB:
+                continue
+            field = f"pack object {obj.id.decode()}"
+            for ref in check_object(obj.type_num, obj.as_raw_string(), field):
+                if ref not in in_pack and ref not in self:
+                    raise InvalidArgumentError(field, f"references missing {ref.decode()}")
