@@ -532,7 +532,8 @@ class _Guard:
         self, action: int, arg1: str | None, arg2: str | None, db: str | None, src: str | None
     ) -> int:
         if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-            return self._deny("ATTACH and DETACH are not allowed on a facet")
+            # VACUUM (and VACUUM INTO a path) attach a database internally: denied as well.
+            return self._deny("ATTACH, DETACH and VACUUM are not allowed on a facet")
         if action == sqlite3.SQLITE_PRAGMA:
             pragma = (arg1 or "").lower()
             if pragma in _PRAGMAS_WITH_ARG or (pragma in _PRAGMAS_READ and arg2 is None):
@@ -571,7 +572,11 @@ def _sql_error(guard: _Guard | None, error: sqlite3.Error, what: str) -> FacetEr
     ):
         return FacetCorrupt(f"{what}: the database is damaged ({message})")
     if isinstance(error, (sqlite3.ProgrammingError, sqlite3.OperationalError)) and (
-        "not authorized" in message or "prohibited" in message or "too many attached" in message
+        "not authorized" in message
+        or "prohibited" in message
+        or "too many attached" in message
+        # trusted_schema off: a view or trigger in the file calls a function with side effects
+        or "unsafe use of" in message
     ):
         return FacetQueryDenied(message)
     if isinstance(error, sqlite3.ProgrammingError) and "binding" in message:
