@@ -127,6 +127,7 @@ class JailCgroup:
     def __init__(self, layout: CgroupLayout, jail_id: str) -> None:
         self._dirs = {c: layout.jail_dir(c, jail_id) for c in CONTROLLERS}
         self._memsw = False
+        self._memory_limit = -1  # the kernel's default: unlimited
 
     @property
     def dirs(self) -> dict[str, Path]:
@@ -149,7 +150,9 @@ class JailCgroup:
     def set_memory_limit(self, memory_bytes: int) -> None:
         """Set the memory limit, swap included (so a jail cannot swap its way past it)."""
         memory = self._dirs["memory"]
-        current = int((memory / "memory.limit_in_bytes").read_text())
+        current = self._memory_limit if self._memory_limit >= 0 else 1 << 62
+        if memory_bytes == current:
+            return
         # v1 demands limit <= memsw.limit at every step: order the two writes accordingly.
         if memory_bytes < current:
             _write(memory / "memory.limit_in_bytes", memory_bytes)
@@ -159,6 +162,7 @@ class JailCgroup:
             if self._memsw:
                 _write(memory / "memory.memsw.limit_in_bytes", memory_bytes)
             _write(memory / "memory.limit_in_bytes", memory_bytes)
+        self._memory_limit = memory_bytes
 
     def oom_kills(self) -> int:
         """How many processes the kernel OOM-killed in this jail (hierarchical count)."""

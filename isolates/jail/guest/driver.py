@@ -1,9 +1,10 @@
 """The in-jail driver: pid 1 of every JAIL isolate, run by the system python3 (3.11).
 
-Lifecycle: pre-import common modules, write a READY frame, block until the host's one request
-arrives on stdin, run it in a forked child under the request's limits while capturing stdout and
-stderr up to a cap (totals still counted), read back the requested output files without following
-links, write one RESULT frame, then wait for the host to close stdin and exit.
+Lifecycle: pre-import common modules, pre-fork the child that will run the code, write a READY
+frame, block until the host's one request arrives on stdin, run it in that child under the
+request's limits while capturing stdout and stderr up to a cap (totals still counted), read back
+the requested output files without following links, write one RESULT frame, then wait for the
+host to close stdin and exit.
 
 Why a forked child and not the driver itself: pid 1 survives whatever the code does (OOM kill,
 seccomp kill, CPU limit), so it can always report what happened; and `kill(-1, SIGKILL)` from
@@ -20,6 +21,7 @@ import base64
 import builtins
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -189,17 +191,55 @@ def _run_python(code: str) -> int:
     return status
 
 
-def _child(request: dict[str, Any], stdin_fd: int, out_w: int, err_w: int) -> None:
-    """The forked child: set up fds, limits and environment, then run the code. Never returns."""
+class Child:
+    """The pre-forked child that will run the code, and the driver's ends of its pipes.
+
+    Forking costs milliseconds on a virtual machine, so the child is forked before READY and
+    waits for its request on a pipe; at request time only the request itself is passed.
+    """
+
+    def __init__(self) -> None:
+        self.stdin_fd = os.memfd_create("stdin")
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        ctl_r, self.ctl_w = os.pipe()
+        self.status_r, status_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            for fd in (self.out_r, self.err_r, self.ctl_w, self.status_r):
+                os.close(fd)
+            _child_main(self.stdin_fd, out_w, err_w, ctl_r, status_w)
+        for fd in (out_w, err_w, ctl_r, status_w):
+            os.close(fd)
+
+
+def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int) -> None:
+    """The forked child: wait for the request, then run it. Never returns.
+
+    Sets up fds, limits and environment, runs the code and reports a Python program's exit code
+    on `status_w` (an exec'd program's exit status reaches the driver through waitpid).
+    """
     status = 127
     try:
-        os.dup2(stdin_fd, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # RLIMIT_NOFILE bounds every fd
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
+        chunks = []
+        while True:
+            chunk = os.read(ctl_r, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if not chunks:
+            os._exit(0)  # the driver is going away without a request
+        request = json.loads(b"".join(chunks))
+        # The status pipe sits at the top of the fd range, out of the way of user code.
+        status_fd = os.sysconf("SC_OPEN_MAX") - 1
+        os.dup2(status_w, status_fd, inheritable=False)
+        os.dup2(stdin_fd, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.closerange(3, status_fd)  # RLIMIT_NOFILE bounds every fd
         cpu_s = request.get("cpu_s")
         if cpu_s:
             soft = max(1, int(cpu_s + 0.999))
@@ -211,6 +251,13 @@ def _child(request: dict[str, Any], stdin_fd: int, out_w: int, err_w: int) -> No
             os.environ.clear()
             os.environ.update(env)
             status = _run_python(request["code"])
+            # Close the output pipes before reporting, so the driver sees end-of-file without
+            # waiting for this process's (slow) address-space teardown.
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            with contextlib.suppress(OSError):
+                os.write(status_fd, str(status).encode())
         elif language == "shell":
             os.execve("/bin/bash", ["bash", "-c", request["code"]], env)
         else:
@@ -250,48 +297,52 @@ def _kill_all() -> None:
         os.kill(-1, signal.SIGKILL)
 
 
-def _execute(request: dict[str, Any], result_fd: int, wake_r: int) -> dict[str, Any]:
-    """Run one request to completion and return the RESULT frame's fields."""
+def _execute(
+    request: dict[str, Any], child: Child, result_fd: int, wake_r: int
+) -> dict[str, Any]:
+    """Run one request in the pre-forked child and return the RESULT frame's fields."""
     started = time.monotonic()
     error = _write_inputs(request["files"])
     if error:
         return {"setup_error": error}
     cap: int = request["output_bytes"]
     stream: bool = request.get("stream", False)
-    stdin_fd = os.memfd_create("stdin")
     stdin_data = memoryview(base64.b64decode(request["stdin"]))
     while stdin_data:
-        stdin_data = stdin_data[os.write(stdin_fd, stdin_data) :]
-    os.lseek(stdin_fd, 0, os.SEEK_SET)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        _child(request, stdin_fd, out_w, err_w)
-    for fd in (stdin_fd, out_w, err_w):
-        os.close(fd)
-    for fd in (out_r, err_r):
+        stdin_data = stdin_data[os.write(child.stdin_fd, stdin_data) :]
+    os.lseek(child.stdin_fd, 0, os.SEEK_SET)
+    os.close(child.stdin_fd)
+    to_child = {k: v for k, v in request.items() if k not in ("files", "stdin")}
+    body = memoryview(json.dumps(to_child).encode())
+    while body:
+        body = body[os.write(child.ctl_w, body) :]
+    os.close(child.ctl_w)
+    out_r, err_r, status_r = child.out_r, child.err_r, child.status_r
+    for fd in (out_r, err_r, status_r):
         os.set_blocking(fd, False)
 
     kept = {out_r: bytearray(), err_r: bytearray()}
     totals = {out_r: 0, err_r: 0}
     names = {out_r: "stdout", err_r: "stderr"}
     open_fds = {out_r, err_r}
+    status_open = True
+    status_bytes = b""
     deadline = started + request["timeout_s"]
-    cpu_limit_ticks = int(request["cpu_s"] * os.sysconf("SC_CLK_TCK")) if request.get(
-        "cpu_s") else 0
-    child_status: int | None = None
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    cpu_limit_ticks = int(request["cpu_s"] * ticks_per_s) if request.get("cpu_s") else 0
+    exit_code: int | None = None
     killed_for = ""
     sigsys = False
-    while open_fds or child_status is None:
+    while open_fds or exit_code is None:
         now = time.monotonic()
-        if not killed_for and now >= deadline and (child_status is None or open_fds):
+        if not killed_for and now >= deadline:
             killed_for = "timeout"
             _kill_all()
-        wait = 0.05 if cpu_limit_ticks else max(0.0, deadline - now)
-        if killed_for:
-            wait = 0.05
-        readable, _, _ = select.select([*open_fds, wake_r], [], [], wait)
+        wait = max(0.0, deadline - now)
+        if cpu_limit_ticks or killed_for:
+            wait = min(wait, 0.05) if not killed_for else 0.05
+        watched = [*open_fds, wake_r] + ([status_r] if status_open else [])
+        readable, _, _ = select.select(watched, [], [], wait)
         for fd in readable:
             if fd == wake_r:
                 os.read(wake_r, 4096)
@@ -299,6 +350,18 @@ def _execute(request: dict[str, Any], result_fd: int, wake_r: int) -> dict[str, 
             try:
                 chunk = os.read(fd, CHUNK)
             except BlockingIOError:
+                continue
+            if fd == status_r:
+                if chunk and len(status_bytes) < 16:
+                    status_bytes += chunk
+                    continue
+                status_open = False
+                os.close(status_r)
+                if exit_code is None and status_bytes.strip().isdigit():
+                    exit_code = int(status_bytes) & 0xFF
+                    # The program is over: whatever it left running goes too (setsid daemons
+                    # included), which also lets the output pipes reach end-of-file.
+                    _kill_all()
                 continue
             if not chunk:
                 open_fds.discard(fd)
@@ -320,31 +383,22 @@ def _execute(request: dict[str, Any], result_fd: int, wake_r: int) -> dict[str, 
                 break
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
                 sigsys = True
-            if reaped == pid:
-                child_status = status
-                # The program is over: whatever it left running goes too (setsid daemons
-                # included), which also lets the output pipes reach end-of-file.
+            if reaped == child.pid and exit_code is None:
+                exit_code = os.waitstatus_to_exitcode(status)
                 _kill_all()
-        if cpu_limit_ticks and not killed_for and child_status is None:
+        if cpu_limit_ticks and not killed_for and exit_code is None:
             used = resource.getrusage(resource.RUSAGE_CHILDREN)
-            ticks = int((used.ru_utime + used.ru_stime) * os.sysconf("SC_CLK_TCK"))
+            ticks = int((used.ru_utime + used.ru_stime) * ticks_per_s)
             if ticks + _cpu_ticks_of_live_processes() > cpu_limit_ticks:
                 killed_for = "cpu"
                 _kill_all()
-    # Reap the rest so no process can still touch the workspace while it is read.
-    _kill_all()
-    while True:
-        try:
-            reaped, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
-            sigsys = True
+    if request["output_paths"]:
+        # Reap everything first so no process can still touch the workspace while it is read.
+        sigsys = _reap_all() or sigsys
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    assert child_status is not None
     files = [_read_output(p, cap) for p in request["output_paths"]]
     return {
-        "exit_code": os.waitstatus_to_exitcode(child_status),
+        "exit_code": exit_code,
         "killed_for": killed_for,
         "sigsys": sigsys,
         "stdout": _b64(bytes(kept[out_r])),
@@ -355,6 +409,19 @@ def _execute(request: dict[str, Any], result_fd: int, wake_r: int) -> dict[str, 
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "run_us": int((time.monotonic() - started) * 1e6),
     }
+
+
+def _reap_all() -> bool:
+    """Kill and reap every process but the driver; return whether one died of SIGSYS."""
+    _kill_all()
+    sigsys = False
+    while True:
+        try:
+            _, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return sigsys
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+            sigsys = True
 
 
 def main() -> None:
@@ -380,21 +447,25 @@ def main() -> None:
     # pid 1 only receives signals it handles: SIGCHLD must have a handler to wake the loop.
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.set_wakeup_fd(wake_w)
+    # Objects that exist now are never collected: the forked child's collector then leaves
+    # their pages shared instead of copying them on first touch.
+    gc.collect()
+    gc.freeze()
+    child = Child()
     _frame(result_fd, {"t": "ready"})
     try:
         (size,) = struct.unpack(">I", _read_exact(request_fd, 4))
         request = json.loads(_read_exact(request_fd, size))
     except EOFError:
         return
-    report = _execute(request, result_fd, wake_r)
+    report = _execute(request, child, result_fd, wake_r)
     report["t"] = "result"
     _frame(result_fd, report)
+    _reap_all()
     # Stay alive until the host closes stdin: the host reads the cgroup counters meanwhile.
-    try:
+    with contextlib.suppress(OSError):
         while os.read(request_fd, 4096):
             pass
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":
