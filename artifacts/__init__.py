@@ -17,6 +17,7 @@ from artifacts._errors import (
 )
 from artifacts._limits import StoreLimits
 from artifacts._models import Author, CommitInfo, FileChange, FileInput, RepoInfo, TreeEntry
+from artifacts._http import GitHttpServer
 from artifacts._store import ArtifactStore
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ConflictError",
     "FileChange",
     "FileInput",
+    "GitHttpServer",
     "InvalidArgumentError",
     "LimitExceededError",
     "NotFoundError",

@@ -169,18 +169,28 @@ class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
 
     # -- git push ---------------------------------------------------------------------------
 
-    def add_thin_pack(
+    def receive_pack(
         self,
         read_all: Callable[[int], bytes],
         read_some: Callable[[int], bytes] | None,
+        visible: Callable[[bytes], bool],
         progress: Callable[..., None] | None = None,
-        *,
-        max_input_size: int | None = None,
-    ) -> Any:
+    ) -> set[bytes]:
         """Receive a pushed pack: guard, quarantine, validate, then move in.
 
-        Called by dulwich's receive-pack handler. Errors are raised as dulwich's
-        `ObjectFormatException` so the client sees ``unpack <reason>`` and no ref moves.
+        Args:
+            read_all: Reads exactly n bytes of the pack stream.
+            read_some: Reads up to n bytes (None when unavailable).
+            visible: Whether the pushing repo may use a stored object (hex id) as a delta base
+                or a reference; objects of other repos must not be reachable through a push.
+            progress: dulwich progress callback.
+
+        Returns:
+            The hex ids of the objects the pack brought.
+
+        Raises:
+            ObjectFormatException: dulwich's error type, so the client sees
+                ``unpack <reason>`` and no ref moves.
         """
         guard = PackGuard(
             max_bytes=self.limits.max_pack_bytes,
@@ -190,36 +200,56 @@ class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
         qdir = Path(tempfile.mkdtemp(prefix="incoming-", dir=self.tmp_dir))
         quarantine = None
         try:
-            quarantine = DiskObjectStore.init(str(qdir / "objects"))
-            quarantine.close()
-            quarantine = DiskObjectStore(str(qdir / "objects"), alternates=[self.path])
+            DiskObjectStore.init(str(qdir / "objects")).close()
+            quarantine = _Quarantine(qdir / "objects", self, visible)
             r_all, r_some = guard_reads(guard, read_all, read_some)
             pack = quarantine.add_thin_pack(r_all, r_some, progress)
-            self._check_quarantined(pack)
-            base = Path(pack.data.filename).with_suffix("")
+            received = {sha for sha in pack}
+            self._check_quarantined(pack, received, visible)
+            base = Path(pack._basename)
             pack.close()
             quarantine.close()
             target = self.pack_path / base.name
             os.replace(base.with_suffix(".pack"), target.with_suffix(".pack"))
             os.replace(base.with_suffix(".idx"), target.with_suffix(".idx"))
             self._update_pack_cache()
-            return None
+            return received
         except ArtifactsError as e:
             log.info("push refused: %s", e)
             raise ObjectFormatException(str(e)) from None
         finally:
             if quarantine is not None:
                 quarantine.close()
-                for alt in quarantine.alternates:
-                    alt.close()
             shutil.rmtree(qdir, ignore_errors=True)
 
-    def _check_quarantined(self, pack: Any) -> None:
-        in_pack = {sha for sha in pack}
+    def _check_quarantined(
+        self, pack: Any, received: set[bytes], visible: Callable[[bytes], bool]
+    ) -> None:
         for obj in pack.iterobjects():
             if obj.type_num == OBJ_BLOB:
                 continue
-            field = f"pack object {obj.id.decode()}"
+            field = f"object {obj.id.decode()}"
             for ref in check_object(obj.type_num, obj.as_raw_string(), field):
-                if ref not in in_pack and ref not in self:
+                if ref not in received and not visible(ref):
                     raise InvalidArgumentError(field, f"references missing {ref.decode()}")
+
+
+class _Quarantine(DiskObjectStore):  # type: ignore[misc]
+    """A private store for one incoming pack; sees only the shared objects the pusher may."""
+
+    def __init__(
+        self, path: Path, main: SharedObjectStore, visible: Callable[[bytes], bool]
+    ) -> None:
+        super().__init__(str(path))
+        self._main = main
+        self._visible = visible
+
+    def get_raw(self, name: bytes) -> tuple[int, bytes]:
+        """Resolve thin-pack delta bases from the shared store when the pusher may see them."""
+        try:
+            return super().get_raw(name)  # type: ignore[no-any-return]
+        except KeyError:
+            hex_id = name if len(name) == 40 else name.hex().encode()
+            if self._visible(hex_id):
+                return self._main.get_raw(hex_id)  # type: ignore[no-any-return]
+            raise
