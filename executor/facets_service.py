@@ -115,7 +115,9 @@ class FacetsService(facets_pb2_grpc.FacetsServicer):
         remaining: float | None = context.time_remaining()
         if remaining is None:
             return self._max_wait_s
-        return max(0.0, min(self._max_wait_s, remaining))
+        # Give up a little before the deadline so the caller hears "busy", not a bare
+        # DEADLINE_EXCEEDED.
+        return max(0.0, min(self._max_wait_s, remaining - min(0.25, remaining / 4)))
 
     async def Query(
         self, request: pb.QueryFacetRequest, context: grpc.aio.ServicerContext
@@ -285,11 +287,18 @@ async def _abort_facet_error(context: grpc.aio.ServicerContext, error: FacetErro
     await abort_status(context, code_pb2.INTERNAL, f"facet store error: {message}")
 
 
-def add_to_server(server: grpc.aio.Server, store: FacetStore) -> str:
+def add_to_server(server: grpc.aio.Server, store: FacetStore, *, max_wait_s: float = 30.0) -> str:
     """Register the Facets service on `server`.
+
+    Args:
+        server: the grpc.aio server, not started yet.
+        store: the node's facet store (the same one the executor takes grants from).
+        max_wait_s: the longest a call waits for a busy facet.
 
     Returns:
         The service's full name (for reflection and health).
     """
-    facets_pb2_grpc.add_FacetsServicer_to_server(FacetsService(store), server)
+    facets_pb2_grpc.add_FacetsServicer_to_server(
+        FacetsService(store, max_wait_s=max_wait_s), server
+    )
     return SERVICE_NAME
