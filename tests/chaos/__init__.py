@@ -1,0 +1,1 @@
+"""Chaos tests: kill -9 of writers and servers, restarts."""
