@@ -165,13 +165,20 @@ class JailCgroup:
         self._memory_limit = memory_bytes
 
     def oom_kills(self) -> int:
-        """How many processes the kernel OOM-killed in this jail (hierarchical count)."""
-        with contextlib.suppress(OSError):
-            for line in (self._dirs["memory"] / "memory.oom_control").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-        return 0
+        """How many processes the kernel OOM-killed in this jail.
+
+        cgroup v1 counts an OOM kill in the victim's own cgroup only (nsjail's NSJAIL.<pid>
+        below ours), so the whole subtree is summed; read it while nsjail's cgroup still exists.
+        """
+        total = 0
+        memory = self._dirs["memory"]
+        for control in [memory / "memory.oom_control", *memory.glob("*/memory.oom_control")]:
+            with contextlib.suppress(OSError, ValueError):
+                for line in control.read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        total += int(value)
+        return total
 
     def memory_failcnt(self) -> int:
         """How often a charge hit the memory limit of this jail (reclaim may have succeeded)."""

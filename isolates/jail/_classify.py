@@ -78,12 +78,18 @@ def classify(
         if oom_kills:
             return Verdict(Status.MEMORY_LIMIT, 137,
                            f"memory limit of {limits.memory_bytes} bytes exceeded")
-        if _log_signal(nsjail_log) == signal.SIGSYS:
+        driver_signal = _log_signal(nsjail_log)
+        if driver_signal == signal.SIGSYS:
             return Verdict(Status.SECURITY_VIOLATION, 128 + signal.SIGSYS,
                            "killed by the seccomp policy (forbidden system call)")
         if host_timeout:
             return Verdict(Status.TIMEOUT, 137,
                            f"wall-clock limit of {limits.timeout_s:g} s exceeded")
+        if driver_signal == signal.SIGKILL:
+            # pid 1 ignores SIGKILL from inside its namespace and the host did not send one:
+            # the kernel's OOM killer did (its counter may be gone with nsjail's cgroup).
+            return Verdict(Status.MEMORY_LIMIT, 137,
+                           f"memory limit of {limits.memory_bytes} bytes exceeded")
         return Verdict(Status.INTERNAL_ERROR, -1, "the jail ended without reporting a result")
     if report.get("setup_error"):
         return Verdict(Status.ERROR, -1, str(report["setup_error"]))

@@ -27,6 +27,8 @@ from isolates.base import (
     Limits,
     OutputFile,
     OutputSink,
+    Status,
+    validate_relative_path,
 )
 from isolates.jail._cgroups import JailCgroup
 from isolates.jail._classify import classify
@@ -114,6 +116,12 @@ class JailIsolate(Isolate):
             self._used = True
         started = time.monotonic()
         limits = self._clamp(request.limits)
+        for path in [f.path for f in request.files] + list(request.output_paths):
+            problem = validate_relative_path(path)
+            if problem is not None:
+                # Validated at the edge already; refuse here too rather than trust it.
+                return ExecutionResult(status=Status.ERROR, exit_code=-1,
+                                       message=f"file path {path!r} {problem}")
         self._cgroup.set_memory_limit(limits.memory_bytes)
         if cancel is not None:
             cancel.on_cancel(self._on_cancel)
