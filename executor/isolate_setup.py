@@ -13,9 +13,11 @@ from typing import Any
 
 import grpc
 
+from executor import facets_service
 from executor.config import Settings
 from executor.runner import FacetGrants, OutputCommitter
 from isolates.base import IsolateFactory
+from isolates.facets import FacetStore
 
 __all__ = ["Setup", "build"]
 
@@ -39,4 +41,8 @@ class Setup:
 def build(settings: Settings) -> Setup:
     """Build the parts for `settings` (blocking: maps runtimes, prepares cgroups)."""
     setup = Setup()
+    # One store per data directory: grants are in-process, shared by Execute and Facets.
+    facet_store = FacetStore(settings.data_dir)
+    setup.facets = facet_store
+    setup.grpc_services.append(lambda server: facets_service.add_to_server(server, facet_store))
     return setup
