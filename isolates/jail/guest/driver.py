@@ -222,8 +222,7 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
     status = 127
     try:
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
-            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         chunks = []
         while True:
             chunk = os.read(ctl_r, 1 << 20)
@@ -258,7 +257,12 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
             os.dup2(null, 2)
             with contextlib.suppress(OSError):
                 os.write(status_fd, str(status).encode())
-        elif language == "shell":
+            os._exit(status)
+        # CPython ignores SIGPIPE and SIGXFSZ (errors become exceptions); an exec'd program
+        # gets the defaults back, as with subprocess's restore_signals.
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signum, signal.SIG_DFL)
+        if language == "shell":
             os.execve("/bin/bash", ["bash", "-c", request["code"]], env)
         else:
             argv: list[str] = request["argv"]
