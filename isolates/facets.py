@@ -692,11 +692,21 @@ class FacetStore:
     Args:
         data_dir: sandboxd's data directory; facets live in its ``facets/`` subdirectory.
         limits: caps and budgets of host-side work.
+        guest_owner: (uid, gid) that guests run as on the host (a jail's mapped uid). When
+            set, every grant hands the facet directory and its SQLite files to that owner so
+            the guest can write the database and create its journal.
     """
 
-    def __init__(self, data_dir: Path, limits: FacetLimits | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        limits: FacetLimits | None = None,
+        *,
+        guest_owner: tuple[int, int] | None = None,
+    ) -> None:
         self.root = Path(data_dir).resolve() / "facets"
         self.limits = limits or FacetLimits()
+        self.guest_owner = guest_owner
         self._tmp = self.root / _TMP_DIR
         self._locks: dict[str, _FairLock] = {}
         self._locks_mutex = threading.Lock()
@@ -764,6 +774,7 @@ class FacetStore:
             if not create:
                 raise FacetNotFound(f"facet {name!r} does not exist") from None
             self._create(name)
+            self._give_to_guest(directory)
             return directory
         if not stat.S_ISDIR(st.st_mode):
             # Only the store writes under root; anything else here is damage, not a facet.
@@ -790,7 +801,21 @@ class FacetStore:
             # connection checkpoints and converts it).
             with contextlib.suppress(sqlite3.Error):
                 _connect(db, limits=self.limits).close()
+        self._give_to_guest(directory)
         return directory
+
+    def _give_to_guest(self, directory: Path) -> None:
+        """Under the grant, after the checks: make the facet writable by the guest's uid."""
+        if self.guest_owner is None:
+            return
+        uid, gid = self.guest_owner
+        # Never follow links: only the directory and the regular files checked above change.
+        os.chown(directory, uid, gid, follow_symlinks=False)
+        for entry in (DB_FILE, *_COMPANIONS):
+            path = directory / entry
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    os.chown(path, uid, gid, follow_symlinks=False)
 
     def _create(self, name: str) -> None:
         staging = Path(self._new_tmp_dir())

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sqlite3
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -269,3 +273,42 @@ def test_async_api(store: FacetStore, tmp_path: Path) -> None:
         assert not store.exists("copy")
 
     asyncio.run(scenario())
+
+
+def test_guest_owner_lets_an_unprivileged_guest_write() -> None:
+    """A jail guest runs as an unprivileged host uid: the grant hands it the facet's files."""
+    nobody = (65534, 65534)
+    # A jail reaches /facet through its bind mount; this stand-in guest walks the host path,
+    # so the directories above the facet must be traversable (the store keeps them 0700).
+    base = Path(tempfile.mkdtemp(prefix="facet-owner-", dir="/tmp"))
+    try:
+        base.chmod(0o711)
+        store = FacetStore(base / "data", guest_owner=nobody)
+        (base / "data").chmod(0o711)
+        store.root.chmod(0o711)
+        with store.grant("jailed") as facet_dir:
+            assert (os.stat(facet_dir).st_uid, os.stat(facet_dir).st_gid) == nobody
+            assert os.stat(facet_dir / DB_FILE).st_uid == nobody[0]
+            guest = subprocess.run(
+                [
+                    "/usr/bin/python3",
+                    "-c",
+                    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+                    "c.execute('CREATE TABLE t (x)'); c.execute('INSERT INTO t VALUES (7)');"
+                    "c.commit()",
+                    str(facet_dir / DB_FILE),
+                ],
+                user=nobody[0],
+                group=nobody[1],
+                capture_output=True,
+                check=False,
+            )
+            assert guest.returncode == 0, guest.stderr
+        assert store.query("jailed", "SELECT x FROM t").rows == [(7,)]
+        # An import installs a root-owned file; the next grant hands it to the guest again.
+        data = b"".join(store.iter_export("jailed"))
+        store.import_chunks("jailed", [data], replace=True)
+        with store.grant("jailed") as facet_dir:
+            assert os.stat(facet_dir / DB_FILE).st_uid == nobody[0]
+    finally:
+        shutil.rmtree(base)
