@@ -1,0 +1,101 @@
+"""What the three wasm runtimes share: guest paths, WASI set-up, classifying how a call ended.
+
+A guest call ends normally, or with a wasmtime error. The error's cause is decided from what the
+host itself observed, never from the guest's say-so: the store's `Watch` (timeout, cancel), the
+`OutputCapture` (output cap), a WASI exit (`ExitTrap`), or the memory limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from isolates.base import ExecutionRequest, OutputFile, Status
+from isolates.wasm.engine import Watch
+from isolates.wasm.output import OutputCapture
+from isolates.wasm.scratch import ScratchDir
+
+GUEST_CWD = "/workspace"
+"""Where the scratch directory appears inside the guest (also its working directory)."""
+GUEST_FACET = "/facet"
+"""Where a facet directory appears inside the guest."""
+
+
+def wasi_config(
+    scratch: ScratchDir,
+    facet_dir: Path | None,
+    *,
+    readonly_dirs: tuple[tuple[Path, str], ...] = (),
+) -> wasmtime.WasiConfig:
+    """Return a WasiConfig that shows the guest its scratch dir (and facet dir) and nothing else.
+
+    No stdio is inherited: stdin is empty unless the caller sets it, stdout and stderr go
+    nowhere unless intercepted (wasi_core.py) or captured in the guest (Python).
+    """
+    config = wasmtime.WasiConfig()
+    config.preopen_dir(str(scratch.path), GUEST_CWD)
+    for host_dir, guest_dir in readonly_dirs:
+        config.preopen_dir(str(host_dir), guest_dir, fs_mutable=False)
+    if facet_dir is not None:
+        config.preopen_dir(str(facet_dir), GUEST_FACET)
+    return config
+
+
+@dataclass
+class Ending:
+    """How a guest call ended, as the parts of an ExecutionResult."""
+
+    status: Status
+    exit_code: int
+    message: str = ""
+
+
+def classify_error(
+    exc: Exception, watch: Watch, capture: OutputCapture, request: ExecutionRequest
+) -> Ending:
+    """Turn a wasmtime error raised by a guest call into a status and message."""
+    if isinstance(exc, wasmtime.ExitTrap):
+        code = exc.code
+        return Ending(Status.OK if code == 0 else Status.ERROR, code)
+    if watch.reason == "cancelled":
+        return Ending(Status.CANCELLED, 130, "execution cancelled")
+    if watch.reason == "timeout":
+        limit = request.limits.timeout_s
+        return Ending(Status.TIMEOUT, 124, f"wall-time limit of {limit:g} s reached")
+    if capture.overflowed is not None:
+        return Ending(Status.OUTPUT_LIMIT, 1, capture.message())
+    text = str(exc)
+    if _looks_like_memory_exhaustion(text):
+        return Ending(Status.MEMORY_LIMIT, 137, memory_message(request))
+    first = _cause_line(text)
+    return Ending(Status.ERROR, 1, f"the guest trapped: {first}")
+
+
+def memory_message(request: ExecutionRequest) -> str:
+    """The message of a MEMORY_LIMIT result."""
+    return f"memory limit of {request.limits.memory_bytes} bytes reached"
+
+
+def _looks_like_memory_exhaustion(text: str) -> bool:
+    lowered = text.lower()
+    return any(
+        hint in lowered
+        for hint in ("memory limit", "out of memory", "forcing trap when growing memory")
+    )
+
+
+def _cause_line(text: str) -> str:
+    # wasmtime errors read "error while executing at wasm backtrace: ... Caused by: <why>".
+    if "Caused by:" in text:
+        tail = text.split("Caused by:", 1)[1].strip()
+        return tail.splitlines()[0].strip() if tail else text
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0][:500] if lines else "unknown error"
+
+
+def collect_outputs(scratch: ScratchDir, request: ExecutionRequest) -> tuple[OutputFile, ...]:
+    """Read the requested output files back from the scratch directory (links not followed)."""
+    cap = request.limits.output_bytes
+    return tuple(scratch.read_output(path, cap) for path in request.output_paths)

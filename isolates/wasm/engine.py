@@ -1,0 +1,166 @@
+"""The one wasmtime Engine of the process, its epoch ticker, and the per-store watchdog.
+
+Every wasm runtime (Python component, QuickJS, raw WASI modules) shares one Engine: serialized
+artifacts are only valid for an Engine with the same settings, so `ENGINE_SETTINGS` is part of
+the build manifest. Wall time and cancellation use epoch interruption: one shared ticker thread
+increments the epoch every `TICK_SECONDS`, and every store has an epoch-deadline callback that
+runs on the store's own thread at each tick, checking the execution's deadline and its
+`CancelToken`. When either fires, the callback returns an error, which traps the guest; the
+isolate records why (`Watch.reason`) so the result gets the right status.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+TICK_SECONDS: Final = 0.005
+"""Epoch period: the resolution of timeouts and the latency of cancellation."""
+
+ENGINE_SETTINGS: Final[dict[str, Any]] = {
+    "epoch_interruption": True,
+    "consume_fuel": False,
+    "cranelift_opt_level": "speed",
+    "memory_init_cow": True,
+    "wasm_component_model": True,
+}
+"""Settings baked into serialized artifacts; a change invalidates them (see build.py)."""
+
+_lock = threading.Lock()
+_engine: wasmtime.Engine | None = None
+
+
+def get_engine() -> wasmtime.Engine:
+    """Return the process-wide Engine, creating it (and starting its ticker) on first use."""
+    global _engine
+    with _lock:
+        if _engine is None:
+            config = wasmtime.Config()
+            config.epoch_interruption = ENGINE_SETTINGS["epoch_interruption"]
+            config.consume_fuel = ENGINE_SETTINGS["consume_fuel"]
+            config.cranelift_opt_level = ENGINE_SETTINGS["cranelift_opt_level"]
+            config.memory_init_cow = ENGINE_SETTINGS["memory_init_cow"]
+            config.wasm_component_model = ENGINE_SETTINGS["wasm_component_model"]
+            _engine = wasmtime.Engine(config)
+            _Ticker(_engine).start()
+        return _engine
+
+
+class _Ticker(threading.Thread):
+    """The single thread advancing the engine's epoch while any store is being watched."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        super().__init__(name="sandboxd-wasm-epoch", daemon=True)
+        self._engine = engine
+
+    def run(self) -> None:
+        while True:
+            # Idle when nothing runs: no wake-ups on an idle server.
+            _active.wait()
+            time.sleep(TICK_SECONDS)
+            self._engine.increment_epoch()
+
+
+_active = threading.Event()
+_active_count = 0
+_active_lock = threading.Lock()
+
+
+@dataclass
+class Watch:
+    """What the epoch callback checks for one store."""
+
+    deadline: float = float("inf")
+    """time.monotonic() after which the guest is stopped."""
+    cancelled: bool = False
+    reason: str = ""
+    """Why the guest was stopped: "timeout", "cancelled", or a host-set reason."""
+    stop_now: bool = False
+    """Set by host code (e.g. an output cap) to stop the guest at the next tick."""
+    _id: int = field(default=0, repr=False)
+
+
+_watches: dict[int, Watch] = {}
+_ids = itertools.count(1)
+
+_CallbackType = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+)
+_FinalizerType = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def _error(message: str) -> int:
+    err = ffi.wasmtime_error_new(message.encode())
+    return ctypes.cast(err, ctypes.c_void_p).value or 0
+
+
+@_CallbackType  # type: ignore[misc]
+def _on_deadline(_ctx: Any, data: int | None, delta: Any, kind: Any) -> int:
+    watch = _watches.get(data or 0)
+    if watch is not None:
+        if watch.cancelled:
+            watch.reason = watch.reason or "cancelled"
+            return _error("sandboxd: execution cancelled")
+        if watch.stop_now:
+            return _error(f"sandboxd: execution stopped ({watch.reason})")
+        if time.monotonic() >= watch.deadline:
+            watch.reason = watch.reason or "timeout"
+            return _error("sandboxd: wall-time limit reached")
+    delta[0] = 1
+    kind[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+    return 0
+
+
+@_FinalizerType  # type: ignore[misc]
+def _on_store_dropped(data: int | None) -> None:
+    _watches.pop(data or 0, None)
+
+
+def new_store(engine: wasmtime.Engine, memory_bytes: int) -> tuple[wasmtime.Store, Watch]:
+    """Create a Store with a memory limit and an epoch watchdog.
+
+    Args:
+        engine: the shared engine.
+        memory_bytes: the largest size any linear memory of the store may grow to.
+
+    Returns:
+        The store and its `Watch`; arm the watch with `running()` around guest calls.
+    """
+    store = wasmtime.Store(engine)
+    store.set_limits(memory_size=memory_bytes)
+    watch = Watch()
+    watch._id = next(_ids)
+    _watches[watch._id] = watch
+    ffi.wasmtime_store_epoch_deadline_callback(
+        store.ptr(), _on_deadline, ctypes.c_void_p(watch._id), _on_store_dropped
+    )
+    store.set_epoch_deadline(1)
+    return store, watch
+
+
+class running:  # noqa: N801 - used like a function in `with running(...)`
+    """Context manager: keep the ticker going while a guest call runs."""
+
+    def __enter__(self) -> None:
+        global _active_count
+        with _active_lock:
+            _active_count += 1
+            _active.set()
+
+    def __exit__(self, *_exc: object) -> None:
+        global _active_count
+        with _active_lock:
+            _active_count -= 1
+            if _active_count == 0:
+                _active.clear()

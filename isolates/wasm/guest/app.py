@@ -1,0 +1,308 @@
+"""The Python guest of sandboxd: runs inside a componentize-py component (CPython on WASI).
+
+This module is imported once, at build time, while componentize-py pre-initializes the
+component: everything done at import time (pre-importing the standard library, freezing the
+heap) lives in the snapshot and costs a fresh instance nothing. At build time it also copies the
+standard library out (sources plus unchecked-hash .pyc files) so that the host can preopen it
+read-only at /python for every instance: modules not in the snapshot still import.
+
+At run time the host calls `prepare()` once when the isolate is created (reseeding, pre-touching
+memory) and `run(request)` once per isolate. Output is captured here, inside the guest: each
+stream keeps at most `output_cap` bytes and counts the total, delivering the kept bytes to the
+host's `write` import as they are produced; passing the cap calls the host's `overflow` import,
+which stops the guest for good.
+"""
+
+import gc
+import io
+import os
+import sys
+import time
+
+import wit_world
+from wit_world.imports import host
+from wit_world.imports.types import Ending, Outcome, Request
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_STDLIB_OUT = os.path.join(_HERE, "stdlib-out")
+_STDLIB = "/python"
+_SKIP_DIRS = {"__pycache__", "site-packages", "test", "tests", "idle_test"}
+# Importing these has side effects or drags in what WASI lacks; they stay importable from files.
+_SKIP_IMPORT = {"antigravity", "this", "__main__", "__hello__", "__phello__", "idlelib",
+                "tkinter", "turtle", "turtledemo", "test", "ensurepip", "pydoc_data",
+                "webbrowser", "lib2to3"}
+_FLUSH_BYTES = 64 * 1024
+_FLUSH_SECONDS = 0.05
+
+
+def _copy_stdlib(dest: str) -> None:
+    """Copy the bundled standard library to `dest` with unchecked-hash .pyc files."""
+    import importlib._bootstrap_external as bootstrap_external
+    import importlib.util
+
+    tag = sys.implementation.cache_tag
+    for root, dirs, files in os.walk(_STDLIB):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        rel = os.path.relpath(root, _STDLIB)
+        out_dir = os.path.normpath(os.path.join(dest, rel))
+        os.makedirs(out_dir, exist_ok=True)
+        for name in sorted(files):
+            with open(os.path.join(root, name), "rb") as f:
+                data = f.read()
+            # Buffered writes: a raw os.write over WASI writes at most 64 KiB per call.
+            with open(os.path.join(out_dir, name), "wb") as f:
+                f.write(data)
+            if not name.endswith(".py"):
+                continue
+            try:
+                code = compile(data, os.path.join(_STDLIB, rel, name), "exec", dont_inherit=True)
+            except SyntaxError:
+                continue
+            pyc = bootstrap_external._code_to_hash_pyc(
+                code, importlib.util.source_hash(data), checked=False
+            )
+            os.makedirs(os.path.join(out_dir, "__pycache__"), exist_ok=True)
+            pyc_name = f"{name[:-3]}.{tag}.pyc"
+            with open(os.path.join(out_dir, "__pycache__", pyc_name), "wb") as f:
+                f.write(pyc)
+
+
+def _preimport_stdlib() -> None:
+    """Import every standard library module (and submodule) that imports under WASI."""
+    import importlib
+    import pkgutil
+
+    def skip(name: str) -> bool:
+        parts = name.split(".")
+        return (
+            parts[0] in _SKIP_IMPORT
+            or "__main__" in parts
+            or any(p in ("test", "tests", "idle_test") for p in parts)
+        )
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = io.StringIO()
+    try:
+        for name in sorted(sys.stdlib_module_names):
+            if skip(name):
+                continue
+            try:
+                module = importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - anything may fail under WASI
+                continue
+            path = getattr(module, "__path__", None)
+            if not path:
+                continue
+            for info in pkgutil.walk_packages(path, name + ".", onerror=lambda _n: None):
+                if skip(info.name):
+                    continue
+                try:
+                    importlib.import_module(info.name)
+                except BaseException:  # noqa: BLE001
+                    continue
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+class _OutputOverflow(BaseException):
+    """Raised in the guest when a stream passes its cap (the host traps right after)."""
+
+
+class _Sink:
+    """Counts every byte, keeps at most `cap`, and hands kept bytes to the host in chunks."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd = fd
+        self.cap = cap
+        self.total = 0
+        self.kept = 0
+        self.pending = bytearray()
+        self.last_flush = time.monotonic()
+
+    def write(self, data: bytes) -> None:
+        n = len(data)
+        self.total += n
+        room = self.cap - self.kept
+        if room > 0:
+            chunk = data[:room] if n > room else data
+            self.kept += len(chunk)
+            self.pending += chunk
+        if self.total > self.cap:
+            self.flush()
+            host.overflow(self.fd, self.total)
+            raise _OutputOverflow()
+        if len(self.pending) >= _FLUSH_BYTES or time.monotonic() - self.last_flush > _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            data = bytes(self.pending)
+            self.pending.clear()
+            host.write(self.fd, data)
+        self.last_flush = time.monotonic()
+
+
+class _BinaryStream(io.RawIOBase):
+    """`sys.stdout.buffer`: bytes straight into the sink."""
+
+    def __init__(self, sink: _Sink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[no-untyped-def]
+        data = bytes(b)
+        self._sink.write(data)
+        return len(data)
+
+
+class _TextStream(io.TextIOBase):
+    """`sys.stdout` / `sys.stderr`: text encoded as UTF-8 into the sink, unbuffered."""
+
+    def __init__(self, sink: _Sink, name: str) -> None:
+        super().__init__()
+        self._sink = sink
+        self.buffer = _BinaryStream(sink)
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return "backslashreplace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._sink.fd
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self._sink.write(s.encode("utf-8", "backslashreplace"))
+        return len(s)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+
+def _interruptible_sleep(seconds: float) -> None:
+    """time.sleep in short slices: a host sleep is not interruptible, guest code is."""
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        _real_sleep(min(left, 0.02))
+
+
+_real_sleep = time.sleep
+
+
+def _format_exception(exc: BaseException) -> str:
+    import traceback
+
+    # Drop the frame of this module so the traceback starts at the user's code.
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+class WitWorld(wit_world.WitWorld):
+    """The exports of the component."""
+
+    def prepare(self) -> None:
+        import random
+        import tempfile
+
+        # The snapshot froze the PRNG state of the build: every instance reseeds from WASI.
+        random.seed()
+        tempfile._name_sequence = None  # type: ignore[attr-defined]
+        time.sleep = _interruptible_sleep
+        # Walk the request path once so its pages are touched before the isolate is pooled.
+        self.run(Request("pass", b"", [], [], "/workspace", 0))
+
+    def run(self, req: Request) -> Outcome:
+        out = _Sink(1, req.output_cap)
+        err = _Sink(2, req.output_cap)
+        sys.stdout = _TextStream(out, "<stdout>")
+        sys.stderr = _TextStream(err, "<stderr>")
+        sys.stdin = io.TextIOWrapper(io.BytesIO(req.stdin), encoding="utf-8", errors="replace")
+        sys.argv = list(req.argv) or ["main.py"]
+        os.environ.clear()
+        os.environ.update(dict(req.env))
+        ending, exit_code, message = Ending.OK, 0, ""
+        try:
+            os.chdir(req.cwd)
+            import linecache
+            import tempfile
+
+            tempfile.tempdir = req.cwd
+            lines = req.code.splitlines(keepends=True)
+            linecache.cache["main.py"] = (len(req.code), None, lines, "main.py")
+            namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+            exec(compile(req.code, "main.py", "exec", dont_inherit=True), namespace)
+        except _OutputOverflow:
+            ending, exit_code, message = Ending.EXIT, 1, "output limit"
+        except SystemExit as exc:
+            code = exc.code
+            if code is None:
+                exit_code = 0
+            elif isinstance(code, int):
+                exit_code = code & 0xFF if code >= 0 else (code % 256)
+            else:
+                _safe_write(sys.stderr, f"{code}\n")
+                exit_code = 1
+            ending = Ending.EXIT
+        except MemoryError as exc:
+            ending, exit_code, message = Ending.MEMORY, 1, "MemoryError"
+            _safe_write(sys.stderr, _safe_format(exc))
+        except BaseException as exc:  # noqa: BLE001 - every user exception is a result
+            ending, exit_code = Ending.EXCEPTION, 1
+            message = f"{type(exc).__name__}: {exc}"[:1000]
+            _safe_write(sys.stderr, _safe_format(exc))
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:  # noqa: BLE001 - user code may have replaced the stream
+                pass
+        out.flush()
+        err.flush()
+        return Outcome(ending, exit_code, out.total, err.total, message)
+
+
+def _safe_format(exc: BaseException) -> str:
+    try:
+        return _format_exception(exc)
+    except BaseException:  # noqa: BLE001
+        return f"{type(exc).__name__}\n"
+
+
+def _safe_write(stream: object, text: str) -> None:
+    try:
+        stream.write(text)  # type: ignore[attr-defined]
+    except BaseException:  # noqa: BLE001
+        pass
+
+
+if os.path.isdir(_STDLIB_OUT) and not os.listdir(_STDLIB_OUT):
+    _copy_stdlib(_STDLIB_OUT)
+_preimport_stdlib()
+gc.collect()
+# Objects of the snapshot never move again: collections skip them (twice as fast allocations).
+gc.freeze()

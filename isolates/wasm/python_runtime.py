@@ -1,0 +1,235 @@
+"""Python isolates: one pre-initialized componentize-py component instance per execution.
+
+`PythonFactory` loads the serialized component once (`Component.deserialize_file`: memory-
+mapped, shared by every isolate) and builds one component Linker with WASI p2 and the host
+functions of guest/wit/world.wit. `create()` does all the per-isolate work up front: a fresh
+Store with a memory limit and an epoch watchdog, a WASI context showing only the scratch
+directory (at /workspace, also the working directory), the standard library read-only at
+/python and an optional facet directory at /facet; instantiation; and the guest's `prepare()`
+(reseeding `random`, pre-touching memory). `run()` then makes one guest call.
+
+Output is captured inside the guest (see guest/app.py) and streamed to the host's `write`
+import as it is produced (chunks of up to 64 KiB, at least every 50 ms while the program
+writes), so `on_output` sees it live; the kept bytes are bounded by the output cap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+import wasmtime.component as wc
+
+from isolates.base import (
+    CancelToken,
+    ExecutionRequest,
+    ExecutionResult,
+    Isolate,
+    IsolateFactory,
+    IsolateKind,
+    Limits,
+    OutputSink,
+    Status,
+)
+from isolates.wasm.build import RuntimePaths, ensure_runtimes
+from isolates.wasm.common import (
+    GUEST_CWD,
+    Ending,
+    classify_error,
+    collect_outputs,
+    memory_message,
+    wasi_config,
+)
+from isolates.wasm.engine import Watch, get_engine, new_store, running
+from isolates.wasm.output import OutputCapture
+from isolates.wasm.scratch import ScratchDir
+
+_HOST_INTERFACE = "sandboxd:guest/host@0.1.0"
+
+
+class _Current(threading.local):
+    """The capture of the guest call running on this thread (host imports are synchronous)."""
+
+    capture: OutputCapture | None = None
+
+
+_current = _Current()
+
+
+class _GuestOverflow(Exception):
+    """Raised by the host's `overflow` import: traps the guest for good."""
+
+
+def _host_write(_store: Any, fd: int, data: bytes) -> None:
+    capture = _current.capture
+    if capture is not None and fd in (1, 2):
+        # The guest already counted and capped these bytes; the host keeps and streams them.
+        capture.add(fd, bytes(data), counted=False)
+
+
+def _host_overflow(_store: Any, fd: int, total: int) -> None:
+    capture = _current.capture
+    if capture is not None and fd in (1, 2):
+        capture.overflow(fd, total)
+    raise _GuestOverflow("output limit")
+
+
+class PythonFactory(IsolateFactory):
+    """Creates Python isolates (kind wasm, runtime "python")."""
+
+    kind = IsolateKind.WASM
+    runtime = "python"
+
+    def __init__(
+        self, data_dir: Path, *, limits: Limits | None = None, build: bool = True
+    ) -> None:
+        """Load the Python component of `data_dir` (building it first when `build` is set).
+
+        Args:
+            data_dir: the sandboxd data directory.
+            limits: default limits applied at create() (each run sets its own).
+            build: run `ensure_runtimes` (a no-op when up to date).
+        """
+        self.data_dir = Path(data_dir).resolve()
+        self.paths: RuntimePaths = (
+            ensure_runtimes(self.data_dir, progress=False) if build else None  # type: ignore[assignment]
+        )
+        if self.paths is None:
+            from isolates.wasm.build import runtime_paths
+
+            self.paths = runtime_paths(self.data_dir)
+        self.limits = limits or Limits()
+        self.engine = get_engine()
+        self.component = wc.Component.deserialize_file(
+            self.engine, str(self.paths.python_component)
+        )
+        self.linker = wc.Linker(self.engine)
+        self.linker.add_wasip2()
+        with self.linker.root() as root, root.add_instance(_HOST_INTERFACE) as host:
+            host.add_func("write", _host_write)
+            host.add_func("overflow", _host_overflow)
+        self.scratch_root = self.data_dir / "scratch"
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+
+    def create(self, *, facet_dir: Path | None = None) -> PythonIsolate:
+        """Create one Python isolate, instantiated and prepared (blocking, ~2 ms)."""
+        return PythonIsolate(self, facet_dir)
+
+
+class PythonIsolate(Isolate):
+    """One instance of the Python component in its own Store; single use."""
+
+    kind = IsolateKind.WASM
+    runtime = "python"
+
+    def __init__(self, factory: PythonFactory, facet_dir: Path | None) -> None:
+        self._lock = threading.Lock()
+        self._used = False
+        self._scratch: ScratchDir | None = ScratchDir(factory.scratch_root)
+        try:
+            store, watch = new_store(factory.engine, factory.limits.memory_bytes)
+            self._store: wasmtime.Store | None = store
+            self._watch: Watch = watch
+            store.set_wasi(
+                wasi_config(
+                    self._scratch,
+                    facet_dir,
+                    readonly_dirs=((factory.paths.python_stdlib, "/python"),),
+                )
+            )
+            instance = factory.linker.instantiate(store, factory.component)
+            self._run_func = instance.get_func(store, "run")
+            prepare = instance.get_func(store, "prepare")
+            if self._run_func is None or prepare is None:
+                raise RuntimeError("the Python component lacks its exports")
+            with running():
+                prepare(store)
+                prepare.post_return(store)
+            self._request_type = self._run_func.type(store).params[0][1]
+        except BaseException:
+            self.destroy()
+            raise
+
+    def run(
+        self,
+        request: ExecutionRequest,
+        *,
+        on_output: OutputSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ExecutionResult:
+        """Run `request` (blocking). See `Isolate.run`."""
+        with self._lock:
+            if self._used or self._store is None or self._scratch is None:
+                raise RuntimeError("a wasm isolate runs exactly once")
+            self._used = True
+        store, scratch, watch = self._store, self._scratch, self._watch
+        started = time.perf_counter()
+        capture = OutputCapture(request.limits.output_bytes, on_output)
+        if cancel is not None and cancel.cancelled:
+            return ExecutionResult(status=Status.CANCELLED, exit_code=130, message="cancelled")
+        try:
+            scratch.write_inputs(request.files)
+        except (ValueError, OSError) as exc:
+            return ExecutionResult(status=Status.ERROR, exit_code=1, message=str(exc))
+        store.set_limits(memory_size=request.limits.memory_bytes)
+        ending = self._call(request, capture, cancel)
+        files = collect_outputs(scratch, request)
+        return ExecutionResult(
+            status=ending.status,
+            exit_code=ending.exit_code,
+            message=ending.message,
+            files=files,
+            run_us=int((time.perf_counter() - started) * 1e6),
+            **capture.result_fields(),  # type: ignore[arg-type]
+        )
+
+    def _call(
+        self, request: ExecutionRequest, capture: OutputCapture, cancel: CancelToken | None
+    ) -> Ending:
+        store, watch = self._store, self._watch
+        assert store is not None
+        record = wc.Record()
+        fields = {
+            "code": request.code,
+            "stdin": request.stdin,
+            "env": list(request.env.items()),
+            "argv": list(request.argv),
+            "cwd": GUEST_CWD,
+            "output-cap": request.limits.output_bytes,
+        }
+        for name, value in fields.items():
+            setattr(record, name, value)
+        watch.deadline = time.monotonic() + request.limits.timeout_s
+        if cancel is not None:
+            cancel.on_cancel(lambda: setattr(watch, "cancelled", True))
+        _current.capture = capture
+        try:
+            with running():
+                outcome = self._run_func(store, record)
+        except (wasmtime.WasmtimeError, _GuestOverflow) as exc:
+            return classify_error(exc, watch, capture, request)
+        finally:
+            _current.capture = None
+            watch.deadline = float("inf")
+        capture.set_total(1, int(getattr(outcome, "stdout-total")))
+        capture.set_total(2, int(getattr(outcome, "stderr-total")))
+        kind = str(outcome.ending)
+        exit_code = int(getattr(outcome, "exit-code"))
+        if kind == "ok":
+            return Ending(Status.OK, 0)
+        if kind == "exit":
+            return Ending(Status.OK if exit_code == 0 else Status.ERROR, exit_code)
+        if kind == "memory":
+            return Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
+        return Ending(Status.ERROR, exit_code or 1, str(outcome.message))
+
+    def destroy(self) -> None:
+        """Drop the store and delete the scratch directory. Idempotent."""
+        self._run_func = None
+        self._store = None
+        if self._scratch is not None:
+            self._scratch.remove()
+            self._scratch = None

@@ -1,0 +1,219 @@
+"""WASI preview 1 for core modules (QuickJS and raw WASI modules), with two host overrides.
+
+wasmtime's own WASI implementation serves every call except two, which this module shadows
+with host functions written in Python:
+
+- `fd_write` on fds 1 and 2: the bytes go to the execution's `OutputCapture` (capped, counted,
+  streamed to `on_output` as written), never to a file or a pipe. Passing the cap stops the
+  guest at once. Writes to other fds go to wasmtime's implementation.
+- `poll_oneoff` with relative clock subscriptions only (sleeps, timers): the host sleeps in
+  short slices and checks the execution's deadline and cancellation between them. wasmtime's
+  own sleep blocks inside the host call, where epoch interruption cannot reach, so
+  `sleep(1e9)` would hold a worker thread forever. Subscriptions on fds are answered as ready
+  at once (stdin and files never block); absolute-time clock subscriptions go to wasmtime.
+
+- `fd_read` on fd 0: the request's stdin bytes, set per run (the WASI context is fixed when
+  the isolate is created, before the request is known).
+
+`WasiConfig.stdout_custom` is not used: its callbacks run on wasmtime's
+own threads and panic at exit.
+
+The host functions are shared by every store of the Linker; they find the running execution
+through a thread-local, since a host call always runs on the thread that called into the guest.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import wasmtime
+
+from isolates.wasm.engine import Watch
+from isolates.wasm.output import OutputCapture
+
+_WASI = "wasi_snapshot_preview1"
+_SLICE_SECONDS = 0.02
+_ERRNO_SUCCESS = 0
+_ERRNO_INVAL = 28
+_ERRNO_FAULT = 21
+
+
+class HostStop(Exception):
+    """Raised by a host override to stop the guest (output cap, deadline, cancel)."""
+
+
+@dataclass
+class CoreContext:
+    """What the overrides need about the execution running on this thread."""
+
+    capture: OutputCapture
+    watch: Watch
+    fd_write: Any = None
+    """wasmtime's own fd_write of this store, for fds other than 1 and 2."""
+    poll_oneoff: Any = None
+    fd_read: Any = None
+    stdin: bytes = b""
+    """What the guest reads from fd 0."""
+    stdin_pos: int = 0
+
+
+class _Current(threading.local):
+    ctx: CoreContext | None = None
+
+
+current = _Current()
+
+
+def new_linker(engine: wasmtime.Engine) -> tuple[wasmtime.Linker, wasmtime.Linker]:
+    """Return (linker, base): WASI with the overrides, and plain WASI for the originals."""
+    base = wasmtime.Linker(engine)
+    base.define_wasi()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    linker.allow_shadowing = True
+    i32 = wasmtime.ValType.i32()
+    linker.define_func(
+        _WASI,
+        "fd_write",
+        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+        _fd_write,
+        access_caller=True,
+    )
+    linker.define_func(
+        _WASI,
+        "poll_oneoff",
+        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+        _poll_oneoff,
+        access_caller=True,
+    )
+    linker.define_func(
+        _WASI,
+        "fd_read",
+        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+        _fd_read,
+        access_caller=True,
+    )
+    linker.allow_shadowing = False
+    return linker, base
+
+
+def bind_originals(base: wasmtime.Linker, store: wasmtime.Store, ctx: CoreContext) -> None:
+    """Look up wasmtime's own fd_write / poll_oneoff for `store` (after set_wasi)."""
+    ctx.fd_write = base.get(store, _WASI, "fd_write")
+    ctx.poll_oneoff = base.get(store, _WASI, "poll_oneoff")
+    ctx.fd_read = base.get(store, _WASI, "fd_read")
+
+
+def _memory(caller: wasmtime.Caller) -> wasmtime.Memory | None:
+    memory = caller.get("memory")
+    return memory if isinstance(memory, wasmtime.Memory) else None
+
+
+def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+    ctx = current.ctx
+    if fd not in (1, 2) or ctx is None:
+        if ctx is None or ctx.fd_write is None:
+            return _ERRNO_INVAL
+        return int(ctx.fd_write(caller, fd, iovs, iovs_len, nwritten))
+    memory = _memory(caller)
+    if memory is None or iovs_len < 0 or iovs_len > 1024:
+        return _ERRNO_INVAL
+    try:
+        raw = memory.read(caller, iovs, iovs + 8 * iovs_len)
+        chunks = []
+        for i in range(iovs_len):
+            ptr, length = struct.unpack_from("<II", raw, 8 * i)
+            if length:
+                chunks.append(bytes(memory.read(caller, ptr, ptr + length)))
+        data = b"".join(chunks)
+        memory.write(caller, struct.pack("<I", len(data)), nwritten)
+    except (IndexError, ValueError, wasmtime.WasmtimeError):
+        return _ERRNO_FAULT
+    if not ctx.capture.add(fd, data):
+        raise HostStop("output limit")
+    return _ERRNO_SUCCESS
+
+
+def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread: int) -> int:
+    ctx = current.ctx
+    if fd != 0 or ctx is None:
+        if ctx is None or ctx.fd_read is None:
+            return _ERRNO_INVAL
+        return int(ctx.fd_read(caller, fd, iovs, iovs_len, nread))
+    memory = _memory(caller)
+    if memory is None or iovs_len < 0 or iovs_len > 1024:
+        return _ERRNO_INVAL
+    try:
+        raw = memory.read(caller, iovs, iovs + 8 * iovs_len)
+        total = 0
+        for i in range(iovs_len):
+            ptr, length = struct.unpack_from("<II", raw, 8 * i)
+            chunk = ctx.stdin[ctx.stdin_pos : ctx.stdin_pos + length]
+            if not chunk:
+                break
+            memory.write(caller, chunk, ptr)
+            ctx.stdin_pos += len(chunk)
+            total += len(chunk)
+        memory.write(caller, struct.pack("<I", total), nread)
+    except (IndexError, ValueError, wasmtime.WasmtimeError):
+        return _ERRNO_FAULT
+    return _ERRNO_SUCCESS
+
+
+def _check(ctx: CoreContext) -> None:
+    watch = ctx.watch
+    if watch.cancelled:
+        watch.reason = watch.reason or "cancelled"
+        raise HostStop("cancelled")
+    if time.monotonic() >= watch.deadline:
+        watch.reason = watch.reason or "timeout"
+        raise HostStop("timeout")
+
+
+def _poll_oneoff(caller: wasmtime.Caller, in_: int, out: int, nsubs: int, nevents: int) -> int:
+    ctx = current.ctx
+    memory = _memory(caller)
+    if ctx is None or memory is None or nsubs <= 0 or nsubs > 4096:
+        return _ERRNO_INVAL
+    try:
+        raw = bytes(memory.read(caller, in_, in_ + 48 * nsubs))
+    except (IndexError, ValueError, wasmtime.WasmtimeError):
+        return _ERRNO_FAULT
+    subs = []
+    for i in range(nsubs):
+        userdata, tag = struct.unpack_from("<QB", raw, 48 * i)
+        if tag == 0:
+            _clock_id, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, 48 * i + 16)
+            if flags & 1:
+                # Absolute deadlines need the guest's clock base: wasmtime's implementation.
+                return int(ctx.poll_oneoff(caller, in_, out, nsubs, nevents))
+            subs.append((userdata, tag, timeout))
+        else:
+            subs.append((userdata, tag, 0))
+    events = [s for s in subs if s[1] != 0]
+    if not events:
+        # Only clocks: sleep until the earliest one, in slices, watching the deadline.
+        wait = min(s[2] for s in subs) / 1e9
+        end = time.monotonic() + wait
+        while True:
+            _check(ctx)
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, _SLICE_SECONDS))
+        earliest = min(s[2] for s in subs)
+        events = [s for s in subs if s[2] == earliest]
+    out_bytes = b"".join(
+        struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, tag, 0, 0)
+        for userdata, tag, _timeout in events
+    )
+    try:
+        memory.write(caller, out_bytes, out)
+        memory.write(caller, struct.pack("<I", len(events)), nevents)
+    except (IndexError, ValueError, wasmtime.WasmtimeError):
+        return _ERRNO_FAULT
+    return _ERRNO_SUCCESS
