@@ -149,7 +149,7 @@ def new_store(engine: wasmtime.Engine, memory_bytes: int) -> tuple[wasmtime.Stor
     return store, watch
 
 
-class running:  # noqa: N801 - used like a function in `with running(...)`
+class running:
     """Context manager: keep the ticker going while a guest call runs."""
 
     def __enter__(self) -> None:

@@ -41,6 +41,7 @@ from isolates.wasm.common import (
     Ending,
     classify_error,
     collect_outputs,
+    memory_message,
     wasi_config,
 )
 from isolates.wasm.engine import Watch, get_engine, new_store, running
@@ -138,8 +139,8 @@ class JavaScriptIsolate(Isolate):
             self._watch: Watch = watch
             store.set_wasi(wasi_config(self._scratch, facet_dir))
             self._ctx = CoreContext(capture=OutputCapture(1), watch=watch)
-            bind_originals(factory.base_linker, store, self._ctx)
             instance = factory.linker.instantiate(store, factory.module)
+            bind_originals(factory.base_linker, store, instance, self._ctx)
             exports = instance.exports(store)
             self._memory = exports["memory"]
             self._malloc = exports["malloc"]
@@ -209,14 +210,17 @@ class JavaScriptIsolate(Isolate):
                 argv = self._malloc(store, 4 * len(pointers))
                 self._memory.write(store, b"".join(p.to_bytes(4, "little") for p in pointers), argv)
                 rc = self._init_argv(store, len(pointers), argv)
-        except (wasmtime.WasmtimeError, HostStop) as exc:
+        except (wasmtime.WasmtimeError, wasmtime.Trap, HostStop) as exc:
             ending = classify_error(exc, self._watch, capture, request)
             if ending.status == Status.ERROR and isinstance(exc, wasmtime.ExitTrap):
                 ending.message = _first_error_line(capture) or f"exit code {ending.exit_code}"
             return ending
         if rc == 0:
             return Ending(Status.OK, 0)
-        return Ending(Status.ERROR, 1, _first_error_line(capture) or "uncaught exception")
+        first = _first_error_line(capture)
+        if first.startswith("InternalError: out of memory"):
+            return Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
+        return Ending(Status.ERROR, 1, first or "uncaught exception")
 
     def destroy(self) -> None:
         """Drop the store and delete the scratch directory. Idempotent."""

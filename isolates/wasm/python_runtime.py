@@ -34,7 +34,7 @@ from isolates.base import (
     OutputSink,
     Status,
 )
-from isolates.wasm.build import RuntimePaths, ensure_runtimes
+from isolates.wasm.build import RuntimePaths, ensure_runtimes, runtime_paths
 from isolates.wasm.common import (
     GUEST_CWD,
     Ending,
@@ -95,12 +95,10 @@ class PythonFactory(IsolateFactory):
         """
         self.data_dir = Path(data_dir).resolve()
         self.paths: RuntimePaths = (
-            ensure_runtimes(self.data_dir, progress=False) if build else None  # type: ignore[assignment]
+            ensure_runtimes(self.data_dir, progress=False)
+            if build
+            else runtime_paths(self.data_dir)
         )
-        if self.paths is None:
-            from isolates.wasm.build import runtime_paths
-
-            self.paths = runtime_paths(self.data_dir)
         self.limits = limits or Limits()
         self.engine = get_engine()
         self.component = wc.Component.deserialize_file(
@@ -209,7 +207,7 @@ class PythonIsolate(Isolate):
         try:
             with running():
                 outcome = self._run_func(store, record)
-        except (wasmtime.WasmtimeError, _GuestOverflow) as exc:
+        except (wasmtime.WasmtimeError, wasmtime.Trap, _GuestOverflow) as exc:
             return classify_error(exc, watch, capture, request)
         finally:
             _current.capture = None

@@ -101,11 +101,53 @@ def new_linker(engine: wasmtime.Engine) -> tuple[wasmtime.Linker, wasmtime.Linke
     return linker, base
 
 
-def bind_originals(base: wasmtime.Linker, store: wasmtime.Store, ctx: CoreContext) -> None:
-    """Look up wasmtime's own fd_write / poll_oneoff for `store` (after set_wasi)."""
-    ctx.fd_write = base.get(store, _WASI, "fd_write")
-    ctx.poll_oneoff = base.get(store, _WASI, "poll_oneoff")
-    ctx.fd_read = base.get(store, _WASI, "fd_read")
+# wasmtime's WASI functions read the guest's memory from the *calling instance's* "memory"
+# export, so a host function cannot call them directly. This shim, instantiated per store with
+# the guest's memory, re-exports that memory and forwards to the originals.
+_SHIM_WAT = """
+(module
+  (import "env" "memory" (memory 0))
+  (import "wasi" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (export "memory" (memory 0))
+  (func (export "fd_write") (param i32 i32 i32 i32) (result i32)
+    (call $fd_write (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
+  (func (export "fd_read") (param i32 i32 i32 i32) (result i32)
+    (call $fd_read (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
+  (func (export "poll_oneoff") (param i32 i32 i32 i32) (result i32)
+    (call $poll_oneoff (local.get 0) (local.get 1) (local.get 2) (local.get 3))))
+"""
+_shims: dict[int, wasmtime.Module] = {}
+_shim_lock = threading.Lock()
+
+
+def _shim(engine: wasmtime.Engine) -> wasmtime.Module:
+    with _shim_lock:
+        module = _shims.get(id(engine))
+        if module is None:
+            module = wasmtime.Module(engine, wasmtime.wat2wasm(_SHIM_WAT))
+            _shims[id(engine)] = module
+        return module
+
+
+def bind_originals(
+    base: wasmtime.Linker, store: wasmtime.Store, instance: wasmtime.Instance, ctx: CoreContext
+) -> None:
+    """Give `ctx` wasmtime's own fd_write / fd_read / poll_oneoff for `store`'s guest.
+
+    Call after `store.set_wasi(...)` and instantiation; a guest without a "memory" export
+    gets no originals (its calls on other fds fail with EINVAL).
+    """
+    memory = instance.exports(store).get("memory")
+    if not isinstance(memory, wasmtime.Memory):
+        return
+    originals = [base.get(store, _WASI, name) for name in ("fd_write", "fd_read", "poll_oneoff")]
+    shim = wasmtime.Instance(store, _shim(store.engine), [memory, *originals])
+    exports = shim.exports(store)
+    ctx.fd_write = exports["fd_write"]
+    ctx.fd_read = exports["fd_read"]
+    ctx.poll_oneoff = exports["poll_oneoff"]
 
 
 def _memory(caller: wasmtime.Caller) -> wasmtime.Memory | None:
@@ -187,9 +229,11 @@ def _poll_oneoff(caller: wasmtime.Caller, in_: int, out: int, nsubs: int, nevent
     for i in range(nsubs):
         userdata, tag = struct.unpack_from("<QB", raw, 48 * i)
         if tag == 0:
-            _clock_id, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, 48 * i + 16)
+            _clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, 48 * i + 16)
             if flags & 1:
                 # Absolute deadlines need the guest's clock base: wasmtime's implementation.
+                if ctx.poll_oneoff is None:
+                    return _ERRNO_INVAL
                 return int(ctx.poll_oneoff(caller, in_, out, nsubs, nevents))
             subs.append((userdata, tag, timeout))
         else:
