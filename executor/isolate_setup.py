@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +19,9 @@ from executor.config import Settings
 from executor.runner import FacetGrants, OutputCommitter
 from isolates.base import IsolateFactory
 from isolates.facets import FacetStore
+from isolates.jail import JailFactory, JailSettings, JailUnavailableError, reap_stale_jails
+from isolates.wasm.javascript_runtime import JavaScriptFactory
+from isolates.wasm.python_runtime import PythonFactory
 
 __all__ = ["Setup", "build"]
 
@@ -41,8 +45,41 @@ class Setup:
 def build(settings: Settings) -> Setup:
     """Build the parts for `settings` (blocking: maps runtimes, prepares cgroups)."""
     setup = Setup()
+    data_dir = settings.data_dir.resolve()
+    _add_wasm(setup, settings, data_dir)
+    jail_settings = _add_jail(setup, settings, data_dir)
+
     # One store per data directory: grants are in-process, shared by Execute and Facets.
-    facet_store = FacetStore(settings.data_dir)
+    # Jailed guests run as an unprivileged host uid; the store hands facet files to it.
+    guest_owner = (
+        (jail_settings.outside_uid, jail_settings.outside_gid) if jail_settings else None
+    )
+    facet_store = FacetStore(data_dir, guest_owner=guest_owner)
     setup.facets = facet_store
     setup.grpc_services.append(lambda server: facets_service.add_to_server(server, facet_store))
     return setup
+
+
+def _add_wasm(setup: Setup, settings: Settings, data_dir: Path) -> None:
+    python = PythonFactory(data_dir)
+    javascript = JavaScriptFactory(data_dir)
+    setup.factories += [python, javascript]
+    setup.pool_targets[python.key] = settings.pool_wasm_python
+    setup.pool_targets[javascript.key] = settings.pool_wasm_javascript
+
+
+def _add_jail(setup: Setup, settings: Settings, data_dir: Path) -> JailSettings | None:
+    if not settings.enable_jail:
+        return None
+    report = reap_stale_jails(data_dir)
+    log.info("reaped what a previous server left: %s", report)
+    try:
+        jail = JailFactory(data_dir)
+    except JailUnavailableError as exc:
+        # The server still serves WASM; jail requests get a clear INVALID_ARGUMENT.
+        log.error("JAIL isolates are disabled: %s", exc)
+        return None
+    setup.factories.append(jail)
+    setup.pool_targets[jail.key] = settings.pool_jail
+    setup.jail_available = True
+    return jail.settings
