@@ -75,6 +75,8 @@ while (__timers.size) {{
   await new Promise((resolve) => __setTimeout(resolve, 1));
   await __drain();
 }}
+// One turn of QuickJS's event loop reports unhandled promise rejections (exit code 1).
+await new Promise((resolve) => __setTimeout(resolve, 0));
 """
 
 

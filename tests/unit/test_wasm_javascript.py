@@ -1,0 +1,167 @@
+"""Behaviour of wasm JavaScript (QuickJS-NG) isolates against real wasmtime."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from isolates.base import (
+    CancelToken,
+    ExecutionRequest,
+    ExecutionResult,
+    InputFile,
+    Language,
+    Limits,
+    Status,
+)
+from isolates.wasm import JavaScriptFactory, ensure_runtimes
+
+
+@pytest.fixture(scope="module")
+def factory(data_dir: Path) -> Iterator[JavaScriptFactory]:
+    ensure_runtimes(data_dir, progress=False)
+    yield JavaScriptFactory(data_dir)
+
+
+def run(factory: JavaScriptFactory, code: str, **fields: object) -> ExecutionResult:
+    isolate = factory.create()
+    try:
+        return isolate.run(
+            ExecutionRequest(execution_id="t", language=Language.JAVASCRIPT, code=code, **fields)  # type: ignore[arg-type]
+        )
+    finally:
+        isolate.destroy()
+
+
+def test_console_log(factory: JavaScriptFactory) -> None:
+    result = run(factory, "console.log(6 * 7, 'answer', [1, 2])")
+    assert (result.status, result.exit_code, result.stdout) == (Status.OK, 0, b"42 answer 1,2\n")
+    assert result.stdout_total_bytes == len(result.stdout)
+
+
+def test_sloppy_script_semantics(factory: JavaScriptFactory) -> None:
+    result = run(factory, "x = 5; var y = 2; function f() { return this === globalThis }\n"
+                 "console.log(x + globalThis.y, f())")
+    assert result.stdout == b"7 true\n", result.stderr
+
+
+def test_uncaught_exception_is_error_with_message(factory: JavaScriptFactory) -> None:
+    result = run(factory, "console.log('before');\nthrow new TypeError('boom')")
+    assert (result.status, result.exit_code) == (Status.ERROR, 1)
+    assert result.message == "TypeError: boom"
+    assert b"TypeError: boom" in result.stderr
+    assert result.stdout == b"before\n"
+
+
+def test_syntax_error(factory: JavaScriptFactory) -> None:
+    result = run(factory, "let = = 1")
+    assert result.status is Status.ERROR and "SyntaxError" in result.message
+
+
+def test_exit_code(factory: JavaScriptFactory) -> None:
+    assert (run(factory, "std.exit(3)").exit_code, run(factory, "std.exit(0)").status) == (
+        3,
+        Status.OK,
+    )
+
+
+def test_promises_and_timers_run(factory: JavaScriptFactory) -> None:
+    code = (
+        "Promise.resolve(1).then(v => console.log('then', v));\n"
+        "(async () => { await null; console.log('async') })();\n"
+        "setTimeout(() => console.log('timer'), 5);\n"
+        "const h = setTimeout(() => console.log('cancelled timer'), 1); clearTimeout(h);"
+    )
+    result = run(factory, code)
+    assert result.stdout == b"then 1\nasync\ntimer\n", result.stderr
+
+
+def test_unhandled_rejection_is_error(factory: JavaScriptFactory) -> None:
+    result = run(factory, "Promise.reject(new Error('nope'))")
+    assert result.status is Status.ERROR and b"nope" in result.stderr
+
+
+def test_env_stdin_argv(factory: JavaScriptFactory) -> None:
+    code = "console.log(process.env.A, std.getenv('A'), std.in.readAsString(), process.argv)"
+    result = run(factory, code, env={"A": "b"}, stdin=b"input")
+    assert result.stdout == b"b b input main.js\n", result.stderr
+
+
+def test_files_in_and_out(factory: JavaScriptFactory) -> None:
+    code = (
+        "const data = std.loadFile('in.txt');\n"
+        "const f = std.open('out.txt', 'w'); f.puts(data.toUpperCase()); f.close();\n"
+        "console.log(os.getcwd()[0])"
+    )
+    result = run(
+        factory,
+        code,
+        files=(InputFile(path="in.txt", content=b"hello"),),
+        output_paths=("out.txt",),
+    )
+    assert result.status is Status.OK, result.stderr
+    assert result.stdout == b"/workspace\n"
+    assert result.files[0].content == b"HELLO"
+
+
+def test_infinite_loop_times_out(factory: JavaScriptFactory) -> None:
+    result = run(factory, "while (true) {}", limits=Limits(timeout_s=0.2))
+    assert result.status is Status.TIMEOUT and "wall-time limit" in result.message
+
+
+def test_long_timer_and_sleep_time_out(factory: JavaScriptFactory) -> None:
+    for code in ("setTimeout(() => {}, 1e9)", "os.sleep(1e9)"):
+        result = run(factory, code, limits=Limits(timeout_s=0.2))
+        assert result.status is Status.TIMEOUT, code
+
+
+def test_memory_limit(factory: JavaScriptFactory) -> None:
+    code = "const a = []; while (true) a.push(new Array(1e6).fill(1.5));"
+    result = run(factory, code, limits=Limits(memory_bytes=64 << 20))
+    assert result.status is Status.MEMORY_LIMIT
+    assert "memory limit" in result.message
+
+
+def test_output_limit(factory: JavaScriptFactory) -> None:
+    result = run(factory, "while (true) console.log('z'.repeat(99))", limits=Limits(output_bytes=1000))
+    assert result.status is Status.OUTPUT_LIMIT
+    assert result.stdout == b"z" * 99 + b"\n" + (b"z" * 99 + b"\n") * 9
+    assert result.stdout_truncated and result.stdout_total_bytes > 1000
+
+
+def test_streaming_and_cancel(factory: JavaScriptFactory) -> None:
+    isolate = factory.create()
+    token = CancelToken()
+    chunks: list[tuple[str, bytes]] = []
+    started = threading.Event()
+
+    def on_output(stream: str, chunk: bytes) -> None:
+        chunks.append((stream, chunk))
+        started.set()
+
+    request = ExecutionRequest(
+        execution_id="t",
+        language=Language.JAVASCRIPT,
+        code="console.log('started'); while (true) {}",
+        limits=Limits(timeout_s=60),
+    )
+    holder: list[ExecutionResult] = []
+    worker = threading.Thread(
+        target=lambda: holder.append(isolate.run(request, on_output=on_output, cancel=token))
+    )
+    worker.start()
+    assert started.wait(30)
+    token.cancel()
+    worker.join(30)
+    isolate.destroy()
+    assert holder[0].status is Status.CANCELLED
+    assert chunks[0] == ("stdout", b"started\n")
+
+
+def test_instances_are_isolated(factory: JavaScriptFactory) -> None:
+    run(factory, "globalThis.leak = 1; const f = std.open('mine', 'w'); f.close()")
+    result = run(factory, "console.log(typeof leak, os.readdir('.')[0].filter(n => n[0] !== '.'))")
+    assert result.stdout == b"undefined \n"
