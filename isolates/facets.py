@@ -711,6 +711,9 @@ class FacetStore:
         self._locks: dict[str, _FairLock] = {}
         self._locks_mutex = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # A jail bind-mounts the facet directory as the guest's host uid, which must be able to
+        # traverse the root: search permission only, so the guest uid still cannot list names.
+        self.root.chmod(0o711 if guest_owner is not None else 0o700)
         # Leftovers of a crash (half-uploaded imports, exports, deleted facets) are garbage.
         if self._tmp.is_dir() and not self._tmp.is_symlink():
             shutil.rmtree(self._tmp)

@@ -1,0 +1,63 @@
+"""JAIL isolates through the API: shell, native Python, commands, and the AUTO choice."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandboxd import Client, InvalidArgumentError
+
+
+@pytest.fixture(scope="module")
+def client(target: str) -> Client:
+    with Client(target) as c:
+        yield c
+
+
+def test_shell_runs_in_a_jail_by_default(client: Client) -> None:
+    execution = client.run_code("echo $((6*7))", "shell")
+    assert execution.ok, execution.message
+    assert execution.stdout == "42\n"
+    assert execution.isolate.kind == "jail"
+    assert execution.isolate.runtime == "native"
+
+
+def test_native_python_in_a_jail(client: Client) -> None:
+    execution = client.run_code("import sys, ctypes; print(sys.implementation.name)",
+                                isolate="jail")
+    assert execution.ok, execution.stderr
+    assert execution.stdout == "cpython\n"
+    assert execution.isolate.kind == "jail"
+
+
+def test_command_with_argv_files_and_outputs(client: Client) -> None:
+    execution = client.run_code(
+        language="command", argv=["sort", "-o", "sorted.txt", "in.txt"],
+        files={"in.txt": "b\na\nc\n"}, output_paths=["sorted.txt"])
+    assert execution.ok, execution.stderr
+    assert execution.file("sorted.txt") == b"a\nb\nc\n"
+
+
+def test_shell_failure_is_a_result(client: Client) -> None:
+    execution = client.run_code("echo oops >&2; exit 5", "shell")
+    assert execution.status == "error"
+    assert execution.exit_code == 5
+    assert execution.stderr == "oops\n"
+
+
+def test_jail_timeout(client: Client) -> None:
+    execution = client.run_code("sleep 30", "shell", timeout=0.5)
+    assert execution.status == "timeout"
+
+
+def test_javascript_cannot_be_jailed(client: Client) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        client.run_code("console.log(1)", "javascript", isolate="jail")
+    assert info.value.field_violations[0].field == "isolate"
+
+
+def test_jail_streams_output(client: Client) -> None:
+    chunks: list[str] = []
+    execution = client.run_code("for i in 1 2 3; do echo $i; done", "shell",
+                                on_stdout=chunks.append)
+    assert execution.ok
+    assert "".join(chunks) == "1\n2\n3\n"
