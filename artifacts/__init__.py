@@ -15,9 +15,9 @@ from artifacts._errors import (
     LimitExceededError,
     NotFoundError,
 )
+from artifacts._http import GitHttpServer
 from artifacts._limits import StoreLimits
 from artifacts._models import Author, CommitInfo, FileChange, FileInput, RepoInfo, TreeEntry
-from artifacts._http import GitHttpServer
 from artifacts._store import ArtifactStore
 
 __all__ = [

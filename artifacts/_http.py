@@ -38,7 +38,9 @@ __all__ = ["GitHttpServer"]
 
 log = logging.getLogger(__name__)
 
-_ROUTE = re.compile(r"^/git/([a-z0-9][a-z0-9._-]*?)(?:\.git)?/(info/refs|git-upload-pack|git-receive-pack)$")
+_ROUTE = re.compile(
+    r"^/git/([a-z0-9][a-z0-9._-]*?)(?:\.git)?/(info/refs|git-upload-pack|git-receive-pack)$"
+)
 _READ_STEP = 64 * 1024
 
 
@@ -116,7 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("git-http %s " + format, self.client_address[0], *args)
 
     def _plain(self, code: int, text: str, extra: dict[str, str] | None = None) -> None:
@@ -145,7 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorize(self, name: str) -> RepoRecord | None:
         token = self._token()
         if token is None:
-            self._plain(401, "authentication required", {"WWW-Authenticate": 'Basic realm="sandboxd"'})
+            self._plain(
+                401, "authentication required", {"WWW-Authenticate": 'Basic realm="sandboxd"'}
+            )
             return None
         store = self.server.store
         try:
@@ -183,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         route = self._route()
         if route is None:
             return
@@ -206,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         route = self._route()
         if route is None:
             return

@@ -49,10 +49,7 @@ class RepoRecord:
 
     def branches(self) -> dict[str, str]:
         """Branch name -> commit id."""
-        return {
-            ref.decode(): sha.decode()
-            for ref, sha in self.refs.as_dict(b"refs/heads").items()
-        }
+        return {ref.decode(): sha.decode() for ref, sha in self.refs.as_dict(b"refs/heads").items()}
 
 
 class RepoRegistry:

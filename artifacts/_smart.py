@@ -80,7 +80,7 @@ class _RefUpdateCheck(Hook):  # type: ignore[misc]
         self._objects = objects
         self._visible = visible
 
-    def execute(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:  # noqa: D102
+    def execute(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:
         # dulwich expects (stdout, stderr) back from an update hook that passes.
         try:
             check_ref_name(ref)
@@ -103,10 +103,10 @@ class _BackendRepo(BaseRepo):  # type: ignore[misc]
     def __init__(self, objects: Any, rec: RepoRecord) -> None:
         super().__init__(objects, rec.refs)
 
-    def get_config(self) -> ConfigFile:  # noqa: D102
+    def get_config(self) -> ConfigFile:
         return ConfigFile()
 
-    def get_named_file(self, path: str, basedir: str | None = None) -> None:  # noqa: D102
+    def get_named_file(self, path: str, basedir: str | None = None) -> None:
         return None
 
 
@@ -116,7 +116,7 @@ class _Backend(Backend):  # type: ignore[misc]
     def __init__(self, repo: _BackendRepo) -> None:
         self.repo = repo
 
-    def open_repository(self, path: str) -> _BackendRepo:  # noqa: D102
+    def open_repository(self, path: str) -> _BackendRepo:
         return self.repo
 
 
@@ -125,7 +125,7 @@ class _UploadPack(UploadPackHandler):  # type: ignore[misc]
 
     sender: PackSender
 
-    def capabilities(self) -> list[bytes]:  # noqa: D102
+    def capabilities(self) -> list[bytes]:
         return [c for c in super().capabilities() if c != CAPABILITY_FILTER]
 
     def handle(self) -> None:
@@ -146,9 +146,7 @@ class _UploadPack(UploadPackHandler):  # type: ignore[misc]
         if not wants or missing is None:
             return
         object_ids = [oid for oid, _hint in missing]
-        if not walker.handle_done(
-            not self.has_capability(CAPABILITY_NO_DONE), self._done_received
-        ):
+        if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE), self._done_received):
             return
         self._start_pack_send_phase()
         self.progress(f"counting objects: {len(object_ids)}, done.\n".encode("ascii"))
@@ -214,4 +212,3 @@ def run_service(
             handler.handle()
     else:
         handler.handle()
-

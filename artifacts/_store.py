@@ -42,7 +42,7 @@ from artifacts._models import (
     TreeEntry,
 )
 from artifacts._objects import RawObject, SharedObjectStore
-from artifacts._packwrite import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE, PackWriter
+from artifacts._packwrite import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, PackWriter
 from artifacts._reach import Reachability
 from artifacts._repos import RepoRecord, RepoRegistry
 from artifacts._tree import TreeBuilder

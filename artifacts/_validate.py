@@ -54,9 +54,7 @@ _HEX40 = re.compile(rb"^[0-9a-f]{40}$")
 # Code points HFS+ ignores when comparing names (git's is_hfs_dotgit list): ".g\u200cit" is
 # ".git" on a Mac.
 _HFS_IGNORABLE = frozenset(
-    [0x200C, 0x200D, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E]
-    + list(range(0x206A, 0x2070))
-    + [0xFEFF]
+    [8204, 8205, 8206, 8207, 8234, 8235, 8236, 8237, 8238, *list(range(8298, 8304)), 65279]
 )
 _FORBIDDEN_NAMES = frozenset({".", "..", ".git", "git~1"})
 MAX_NAME_BYTES = 255
@@ -98,7 +96,7 @@ def _normalized(name: str) -> str:
 
 
 def check_entry_name(raw: bytes, field: str = "name") -> str:
-    """Validate one tree entry name (one path component).
+    r"""Validate one tree entry name (one path component).
 
     Rejects empty names, ``/``, NUL, backslash, ``.``, ``..`` and anything a case-insensitive
     or Unicode-normalizing filesystem would read as ``.git`` (``.GIT``, ``.git.``, ``.git ``,
@@ -205,7 +203,7 @@ def check_ref_name(ref: bytes, field: str = "ref") -> None:
 
 
 def parse_tree_strict(raw: bytes, field: str = "tree") -> list[tuple[bytes, int, bytes]]:
-    """Parse a raw tree object, applying git fsck --strict rules and the name rules above.
+    r"""Parse a raw tree object, applying git fsck --strict rules and the name rules above.
 
     Entries must use canonical modes, valid names, no duplicates (a file and a directory of
     the same name count as duplicates) and git's sort order (directories compare as

@@ -22,7 +22,9 @@ GIT_ENV = {
 }
 
 
-def git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def git(
+    *args: str, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = {**GIT_ENV, "HOME": str(cwd or Path.cwd())}
     proc = subprocess.run(
         ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
@@ -56,7 +58,9 @@ def authed(url: str, token: str) -> str:
     return url.replace("http://", f"http://agent:{token}@")
 
 
-def test_git_round_trip_clone_push_fetch(served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path) -> None:
+def test_git_round_trip_clone_push_fetch(
+    served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path
+) -> None:
     store, server = served
     repo = store.create_repo("proj")
     assert repo.clone_url == f"http://127.0.0.1:{server.port}/git/proj"
@@ -92,7 +96,9 @@ def test_git_round_trip_clone_push_fetch(served: tuple[ArtifactStore, GitHttpSer
     git("fsck", "--strict", "--no-dangling", cwd=two)
 
 
-def test_git_push_new_branch_and_tag(served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path) -> None:
+def test_git_push_new_branch_and_tag(
+    served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path
+) -> None:
     store, _ = served
     repo = store.create_repo("tags")
     url = authed(repo.clone_url, repo.token or "")
@@ -108,16 +114,26 @@ def test_git_push_new_branch_and_tag(served: tuple[ArtifactStore, GitHttpServer]
     assert store.resolve("tags", "v1") == head
 
 
-def test_git_bearer_token_works(served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path) -> None:
+def test_git_bearer_token_works(
+    served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path
+) -> None:
     store, _ = served
     repo = store.create_repo("bearer")
     store.commit("bearer", [FileInput(path="x", data=b"1")], "c")
     out = tmp_path / "c"
-    git("-c", f"http.extraHeader=Authorization: Bearer {repo.token}", "clone", repo.clone_url, str(out))
+    git(
+        "-c",
+        f"http.extraHeader=Authorization: Bearer {repo.token}",
+        "clone",
+        repo.clone_url,
+        str(out),
+    )
     assert (out / "x").read_bytes() == b"1"
 
 
-def test_git_missing_or_wrong_token_rejected(served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path) -> None:
+def test_git_missing_or_wrong_token_rejected(
+    served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path
+) -> None:
     store, _ = served
     repo = store.create_repo("locked")
     other = store.create_repo("other")
@@ -131,7 +147,12 @@ def test_git_missing_or_wrong_token_rejected(served: tuple[ArtifactStore, GitHtt
         dest = tmp_path / label.replace(" ", "_")
         proc = git("clone", url, str(dest), check=False)
         assert proc.returncode != 0, label
-        assert "401" in proc.stderr or "403" in proc.stderr or "Authentication failed" in proc.stderr or "could not read Username" in proc.stderr, label
+        assert (
+            "401" in proc.stderr
+            or "403" in proc.stderr
+            or "Authentication failed" in proc.stderr
+            or "could not read Username" in proc.stderr
+        ), label
         assert not (dest / "secret").exists()
 
 

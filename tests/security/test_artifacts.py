@@ -92,7 +92,9 @@ def server(store: ArtifactStore) -> Iterator[GitHttpServer]:
     srv.stop()
 
 
-def receive_pack(server: GitHttpServer, repo: str, token: str, ref_line: bytes, data: bytes) -> bytes:
+def receive_pack(
+    server: GitHttpServer, repo: str, token: str, ref_line: bytes, data: bytes
+) -> bytes:
     """POST a raw receive-pack request and return the response body."""
     line = ref_line + b"\x00report-status\n"
     body = b"%04x" % (len(line) + 4) + line + b"0000" + data
@@ -117,21 +119,45 @@ def pack_count(store: ArtifactStore) -> int:
     return len(list(store.objects.pack_path.glob("*.pack")))
 
 
-def push_tree_via_git(tmp_path: Path, url: str, raw_tree: bytes) -> subprocess.CompletedProcess[str]:
+def push_tree_via_git(
+    tmp_path: Path, url: str, raw_tree: bytes
+) -> subprocess.CompletedProcess[str]:
     """Write a crafted tree with `git hash-object --literally`, commit it and push with git."""
     work = tmp_path / "crafted"
     env = {**GIT_ENV, "HOME": str(tmp_path)}
     subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True, env=env)
-    blob = subprocess.run(
-        ["git", "hash-object", "-w", "--stdin"], input=b"x", cwd=work, env=env, capture_output=True, check=True
-    ).stdout.decode().strip()
+    blob = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"],
+            input=b"x",
+            cwd=work,
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
     raw = raw_tree.replace(b"BLOB", bytes.fromhex(blob))
-    tree_id = subprocess.run(
-        ["git", "hash-object", "-w", "--literally", "-t", "tree", "--stdin"],
-        input=raw, cwd=work, env=env, capture_output=True, check=True,
-    ).stdout.decode().strip()
+    tree_id = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--literally", "-t", "tree", "--stdin"],
+            input=raw,
+            cwd=work,
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
     commit = subprocess.run(
-        ["git", "commit-tree", tree_id, "-m", "evil"], cwd=work, env=env, capture_output=True, check=True, text=True
+        ["git", "commit-tree", tree_id, "-m", "evil"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        check=True,
+        text=True,
     ).stdout.strip()
     subprocess.run(["git", "update-ref", "refs/heads/main", commit], cwd=work, env=env, check=True)
     return subprocess.run(
@@ -144,7 +170,18 @@ def push_tree_via_git(tmp_path: Path, url: str, raw_tree: bytes) -> subprocess.C
 
 @pytest.mark.parametrize(
     "name",
-    [b"..", b".", b".git", b".GIT", b".Git", b".git.", b".git ", b"git~1", ".g\u200cit".encode(), b".git::$INDEX_ALLOCATION"],
+    [
+        b"..",
+        b".",
+        b".git",
+        b".GIT",
+        b".Git",
+        b".git.",
+        b".git ",
+        b"git~1",
+        ".g\u200cit".encode(),
+        b".git::$INDEX_ALLOCATION",
+    ],
 )
 def test_artifacts_tree_entry_dotdot_and_dotgit_rejected_on_push(
     store: ArtifactStore, server: GitHttpServer, tmp_path: Path, name: bytes
@@ -168,7 +205,9 @@ def test_artifacts_tree_entry_dotdot_rejected(store: ArtifactStore) -> None:
         store.commit(store.create_repo("r").name, [FileInput(path="a/../b", data=b"1")], "m")
 
 
-@pytest.mark.parametrize("path", [".git/config", ".GIT/hooks/x", "a/.git./b", "git~1/x", ".g\u200dit/x", "a/.git /x"])
+@pytest.mark.parametrize(
+    "path", [".git/config", ".GIT/hooks/x", "a/.git./b", "git~1/x", ".g\u200dit/x", "a/.git /x"]
+)
 def test_artifacts_tree_entry_dotgit_rejected_on_commit(store: ArtifactStore, path: str) -> None:
     store.create_repo("r")
     with pytest.raises(InvalidArgumentError) as e:
@@ -203,7 +242,13 @@ def test_artifacts_tree_file_and_directory_same_name_rejected(store: ArtifactSto
     blob, empty = b"x", b""
     raw = tree((b"100644", b"a", oid("blob", blob)), (b"40000", b"a", oid("tree", empty)))
     with pytest.raises(InvalidArgumentError, match="duplicate"):
-        store.ingest([(oid("blob", blob), 3, blob), (oid("tree", empty), 2, empty), (oid("tree", raw), 2, raw)])
+        store.ingest(
+            [
+                (oid("blob", blob), 3, blob),
+                (oid("tree", empty), 2, empty),
+                (oid("tree", raw), 2, raw),
+            ]
+        )
 
 
 def test_artifacts_object_id_mismatch_rejected(store: ArtifactStore) -> None:
@@ -226,7 +271,13 @@ def test_artifacts_huge_blob_limited(store: ArtifactStore, server: GitHttpServer
     repo = store.create_repo("r")
     # The entry claims 1 GiB; the guard refuses it from its header, before inflating anything.
     entry = entry_header(3, 1 << 30) + zlib.compress(b"")
-    out = receive_pack(server, "r", repo.token or "", b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/main", pack([entry]))
+    out = receive_pack(
+        server,
+        "r",
+        repo.token or "",
+        b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/main",
+        pack([entry]),
+    )
     assert b"unpack" in out and b"exceeds" in out
     assert store.get_repo("r").branches == {}
 
@@ -243,7 +294,9 @@ def test_artifacts_zlib_bomb_limited(store: ArtifactStore, server: GitHttpServer
     # 512 MiB of zeros in well under 1 MiB on the wire, claiming to be 100 bytes.
     bomb = pack([bomb_entry(512 << 20, 100)])
     assert len(bomb) < 1 << 20
-    out = receive_pack(server, "r", repo.token or "", b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/main", bomb)
+    out = receive_pack(
+        server, "r", repo.token or "", b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/main", bomb
+    )
     assert b"unpack" in out and b"declared size" in out
     assert store.get_repo("r").branches == {}
     assert pack_count(store) == before
@@ -289,24 +342,40 @@ def test_artifacts_commit_file_over_limit_rejected(tmp_path: Path) -> None:
 # -- cross-repo isolation of the shared store ----------------------------------------------
 
 
-def test_artifacts_push_ref_to_foreign_commit_rejected(store: ArtifactStore, server: GitHttpServer) -> None:
+def test_artifacts_push_ref_to_foreign_commit_rejected(
+    store: ArtifactStore, server: GitHttpServer
+) -> None:
     store.create_repo("secret")
     hidden = store.commit("secret", [FileInput(path="key", data=b"s3cr3t")], "s")
     mine = store.create_repo("mine")
     # Point a branch at the other repo's commit with an empty pack: refused.
-    out = receive_pack(server, "mine", mine.token or "", b"0" * 40 + b" " + hidden.encode() + b" refs/heads/main", pack([]))
+    out = receive_pack(
+        server,
+        "mine",
+        mine.token or "",
+        b"0" * 40 + b" " + hidden.encode() + b" refs/heads/main",
+        pack([]),
+    )
     assert b"ng refs/heads/main" in out
     assert store.get_repo("mine").branches == {}
 
 
-def test_artifacts_push_tree_referencing_foreign_blob_rejected(store: ArtifactStore, server: GitHttpServer) -> None:
+def test_artifacts_push_tree_referencing_foreign_blob_rejected(
+    store: ArtifactStore, server: GitHttpServer
+) -> None:
     store.create_repo("secret")
     store.commit("secret", [FileInput(path="key", data=b"s3cr3t")], "s")
     mine = store.create_repo("mine")
     t = tree((b"100644", b"stolen", oid("blob", b"s3cr3t")))
     c = commit_raw(oid("tree", t))
     data = pack([plain_entry("tree", t), plain_entry("commit", c)])
-    out = receive_pack(server, "mine", mine.token or "", b"0" * 40 + b" " + oid("commit", c).encode() + b" refs/heads/main", data)
+    out = receive_pack(
+        server,
+        "mine",
+        mine.token or "",
+        b"0" * 40 + b" " + oid("commit", c).encode() + b" refs/heads/main",
+        data,
+    )
     assert b"missing" in out
     assert store.get_repo("mine").branches == {}
 
@@ -316,16 +385,27 @@ def test_artifacts_push_funny_ref_rejected(store: ArtifactStore, server: GitHttp
     t = tree()
     c = commit_raw(oid("tree", t))
     data = pack([plain_entry("tree", t), plain_entry("commit", c)])
-    out = receive_pack(server, "r", repo.token or "", b"0" * 40 + b" " + oid("commit", c).encode() + b" refs/meta/config", data)
+    out = receive_pack(
+        server,
+        "r",
+        repo.token or "",
+        b"0" * 40 + b" " + oid("commit", c).encode() + b" refs/meta/config",
+        data,
+    )
     assert b"ng refs/meta/config" in out
     assert store.get_repo("r").branches == {}
 
 
-def test_artifacts_http_without_token_gets_401_and_nothing_else(store: ArtifactStore, server: GitHttpServer) -> None:
+def test_artifacts_http_without_token_gets_401_and_nothing_else(
+    store: ArtifactStore, server: GitHttpServer
+) -> None:
     store.create_repo("r")
     store.commit("r", [FileInput(path="f", data=b"secret-content")], "m")
     for headers, status in [({}, 401), ({"Authorization": "Bearer nope"}, 403)]:
-        for path in ["/git/r/info/refs?service=git-upload-pack", "/git/absent/info/refs?service=git-upload-pack"]:
+        for path in [
+            "/git/r/info/refs?service=git-upload-pack",
+            "/git/absent/info/refs?service=git-upload-pack",
+        ]:
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
             conn.request("GET", path, headers=headers)
             resp = conn.getresponse()

@@ -29,7 +29,10 @@ def test_commit_read_list_log_diff(store: ArtifactStore) -> None:
     store.create_repo("demo")
     c1 = store.commit(
         "demo",
-        [FileInput(path="src/a.py", data=b"print(1)\n"), FileInput(path="run.sh", data=b"x", mode=0o100755)],
+        [
+            FileInput(path="src/a.py", data=b"print(1)\n"),
+            FileInput(path="run.sh", data=b"x", mode=0o100755),
+        ],
         "first",
         author=Author(name="Ada", email="ada@example.com"),
     )
