@@ -15,10 +15,38 @@ host's WASI overrides for core modules), output.py (capped capture), scratch.py 
 directories), common.py (shared helpers), guest/ (the Python guest app and its WIT world).
 """
 
-from isolates.wasm.build import BuildError, RuntimePaths, ensure_runtimes
-from isolates.wasm.javascript_runtime import JavaScriptFactory, JavaScriptIsolate
-from isolates.wasm.python_runtime import PythonFactory, PythonIsolate
-from isolates.wasm.wasi_runtime import InvalidModule, WasiFactory, WasiIsolate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from isolates.wasm.build import BuildError, RuntimePaths, ensure_runtimes
+    from isolates.wasm.javascript_runtime import JavaScriptFactory, JavaScriptIsolate
+    from isolates.wasm.python_runtime import PythonFactory, PythonIsolate
+    from isolates.wasm.wasi_runtime import InvalidModule, WasiFactory, WasiIsolate
+
+# Imported on first use, so that `python -m isolates.wasm.build` does not import build.py twice.
+_HOMES = {
+    "BuildError": "build",
+    "RuntimePaths": "build",
+    "ensure_runtimes": "build",
+    "JavaScriptFactory": "javascript_runtime",
+    "JavaScriptIsolate": "javascript_runtime",
+    "PythonFactory": "python_runtime",
+    "PythonIsolate": "python_runtime",
+    "InvalidModule": "wasi_runtime",
+    "WasiFactory": "wasi_runtime",
+    "WasiIsolate": "wasi_runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "BuildError",

@@ -59,18 +59,28 @@ def classify_error(
     if isinstance(exc, wasmtime.ExitTrap):
         code = exc.code
         return Ending(Status.OK if code == 0 else Status.ERROR, code)
-    if watch.reason == "cancelled":
-        return Ending(Status.CANCELLED, 130, "execution cancelled")
-    if watch.reason == "timeout":
-        limit = request.limits.timeout_s
-        return Ending(Status.TIMEOUT, 124, f"wall-time limit of {limit:g} s reached")
-    if capture.overflowed is not None:
-        return Ending(Status.OUTPUT_LIMIT, 1, capture.message())
+    decided = ending_for_reason(watch.reason, capture, request)
+    if decided is not None:
+        return decided
     text = str(exc)
     if _looks_like_memory_exhaustion(text):
         return Ending(Status.MEMORY_LIMIT, 137, memory_message(request))
     first = _cause_line(text)
     return Ending(Status.ERROR, 1, f"the guest trapped: {first}")
+
+
+def ending_for_reason(
+    reason: str, capture: OutputCapture, request: ExecutionRequest
+) -> Ending | None:
+    """The ending for a stop the host decided (timeout, cancel, output cap), if any."""
+    if reason == "cancelled":
+        return Ending(Status.CANCELLED, 130, "execution cancelled")
+    if reason == "timeout":
+        limit = request.limits.timeout_s
+        return Ending(Status.TIMEOUT, 124, f"wall-time limit of {limit:g} s reached")
+    if reason == "output" or capture.overflowed is not None:
+        return Ending(Status.OUTPUT_LIMIT, 1, capture.message())
+    return None
 
 
 def memory_message(request: ExecutionRequest) -> str:

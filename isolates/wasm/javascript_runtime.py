@@ -41,13 +41,20 @@ from isolates.wasm.common import (
     Ending,
     classify_error,
     collect_outputs,
+    ending_for_reason,
     memory_message,
     wasi_config,
 )
 from isolates.wasm.engine import Watch, get_engine, new_store, running
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir
-from isolates.wasm.wasi_core import CoreContext, HostStop, bind_originals, current, new_linker
+from isolates.wasm.wasi_core import (
+    CoreContext,
+    bind_originals,
+    current,
+    new_linker,
+    stopped_ending_reason,
+)
 
 _WRAPPER = """import * as std from 'qjs:std';
 import * as os from 'qjs:os';
@@ -212,11 +219,14 @@ class JavaScriptIsolate(Isolate):
                 argv = self._malloc(store, 4 * len(pointers))
                 self._memory.write(store, b"".join(p.to_bytes(4, "little") for p in pointers), argv)
                 rc = self._init_argv(store, len(pointers), argv)
-        except (wasmtime.WasmtimeError, wasmtime.Trap, HostStop) as exc:
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             ending = classify_error(exc, self._watch, capture, request)
             if ending.status == Status.ERROR and isinstance(exc, wasmtime.ExitTrap):
                 ending.message = _first_error_line(capture) or f"exit code {ending.exit_code}"
             return ending
+        decided = ending_for_reason(stopped_ending_reason(self._ctx), capture, request)
+        if decided is not None:
+            return decided
         if rc == 0:
             return Ending(Status.OK, 0)
         first = _first_error_line(capture)

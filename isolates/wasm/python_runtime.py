@@ -15,6 +15,7 @@ writes), so `on_output` sees it live; the kept bytes are bounded by the output c
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import wasmtime
 import wasmtime.component as wc
+from wasmtime import _ffi as ffi
+from wasmtime.component._enter import enter_wasm
 
 from isolates.base import (
     CancelToken,
@@ -47,7 +50,7 @@ from isolates.wasm.engine import Watch, get_engine, new_store, running
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir
 
-_HOST_INTERFACE = "sandboxd:guest/host@0.1.0"
+_HOST_INTERFACE = "sandboxd:guest/host@0.2.0"
 
 
 class _Current(threading.local):
@@ -59,22 +62,60 @@ class _Current(threading.local):
 _current = _Current()
 
 
-class _GuestOverflow(Exception):
-    """Raised by the host's `overflow` import: traps the guest for good."""
-
-
-def _host_write(_store: Any, fd: int, data: bytes) -> None:
+def _host_write(_store: Any, fd: int, data: str) -> None:
     capture = _current.capture
     if capture is not None and fd in (1, 2):
         # The guest already counted and capped these bytes; the host keeps and streams them.
-        capture.add(fd, bytes(data), counted=False)
+        capture.add(fd, data.encode("latin-1", "replace"), counted=False)
 
 
 def _host_overflow(_store: Any, fd: int, total: int) -> None:
     capture = _current.capture
     if capture is not None and fd in (1, 2):
         capture.overflow(fd, total)
-    raise _GuestOverflow("output limit")
+    # A WasmtimeError traps the guest without going through wasmtime-py's process-wide
+    # "last exception" slot, which another thread's call could pick up.
+    raise wasmtime.WasmtimeError("sandboxd: output limit")
+
+
+class _ComponentCall:
+    """A component export with its parameter and result types looked up once.
+
+    `wasmtime.component.Func.__call__` asks for the function's type on every call, which costs
+    about as much as a small guest call; create() pays for it here instead.
+    """
+
+    def __init__(self, func: wc.Func, store: wasmtime.Store) -> None:
+        self._func = func
+        self._type = func.type(store)
+        self._params = [ty for _name, ty in self._type.params]
+        self._result = self._type.result
+
+    def __call__(self, store: wasmtime.Store, *params: Any) -> Any:
+        param_capi = (ffi.wasmtime_component_val_t * len(params))()
+        lowered = 0
+        try:
+            for ty, value in zip(self._params, params, strict=True):
+                ty.convert_to_c(store, value, ctypes.pointer(param_capi[lowered]))
+                lowered += 1
+            result = ffi.wasmtime_component_val_t()
+            has_result = self._result is not None
+
+            def call() -> Any:
+                return ffi.wasmtime_component_func_call(
+                    ctypes.byref(self._func._func),
+                    store._context(),
+                    param_capi,
+                    lowered,
+                    ctypes.byref(result) if has_result else None,
+                    1 if has_result else 0,
+                )
+
+            enter_wasm(call)
+            return self._result.convert_from_c(result) if has_result else None
+        finally:
+            for i in range(lowered):
+                ffi.wasmtime_component_val_delete(ctypes.byref(param_capi[i]))
 
 
 class PythonFactory(IsolateFactory):
@@ -139,14 +180,13 @@ class PythonIsolate(Isolate):
                 )
             )
             instance = factory.linker.instantiate(store, factory.component)
-            self._run_func = instance.get_func(store, "run")
+            run_func = instance.get_func(store, "run")
             prepare = instance.get_func(store, "prepare")
-            if self._run_func is None or prepare is None:
+            if run_func is None or prepare is None:
                 raise RuntimeError("the Python component lacks its exports")
+            self._run_func: _ComponentCall | None = _ComponentCall(run_func, store)
             with running():
                 prepare(store)
-                prepare.post_return(store)
-            self._request_type = self._run_func.type(store).params[0][1]
         except BaseException:
             self.destroy()
             raise
@@ -189,40 +229,41 @@ class PythonIsolate(Isolate):
     ) -> Ending:
         store, watch = self._store, self._watch
         assert store is not None
-        record = wc.Record()
-        fields = {
-            "code": request.code,
-            "stdin": request.stdin,
-            "env": list(request.env.items()),
-            "argv": list(request.argv),
-            "cwd": GUEST_CWD,
-            "output-cap": request.limits.output_bytes,
-        }
-        for name, value in fields.items():
-            setattr(record, name, value)
         watch.deadline = time.monotonic() + request.limits.timeout_s
         if cancel is not None:
             cancel.on_cancel(lambda: setattr(watch, "cancelled", True))
+        assert self._run_func is not None
         _current.capture = capture
         try:
             with running():
-                outcome = self._run_func(store, record)
-        except (wasmtime.WasmtimeError, wasmtime.Trap, _GuestOverflow) as exc:
+                outcome = self._run_func(
+                    store,
+                    request.code,
+                    request.stdin.decode("latin-1"),
+                    [f"{name}={value}" for name, value in request.env.items()],
+                    list(request.argv),
+                    GUEST_CWD,
+                    request.limits.output_bytes,
+                )
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             return classify_error(exc, watch, capture, request)
+        except UnicodeEncodeError as exc:
+            return Ending(Status.ERROR, 1, f"the request is not valid Unicode: {exc.reason}")
         finally:
             _current.capture = None
             watch.deadline = float("inf")
-        capture.set_total(1, int(getattr(outcome, "stdout-total")))
-        capture.set_total(2, int(getattr(outcome, "stderr-total")))
-        kind = str(outcome.ending)
-        exit_code = int(getattr(outcome, "exit-code"))
+        # "<ending> <exit-code> <stdout-total> <stderr-total> <message>" (guest/wit/world.wit)
+        kind, exit_text, out_total, err_total, message = str(outcome).split(" ", 4)
+        capture.set_total(1, int(out_total))
+        capture.set_total(2, int(err_total))
+        exit_code = int(exit_text)
         if kind == "ok":
             return Ending(Status.OK, 0)
         if kind == "exit":
             return Ending(Status.OK if exit_code == 0 else Status.ERROR, exit_code)
         if kind == "memory":
             return Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
-        return Ending(Status.ERROR, exit_code or 1, str(outcome.message))
+        return Ending(Status.ERROR, exit_code or 1, message)
 
     def destroy(self) -> None:
         """Drop the store and delete the scratch directory. Idempotent."""

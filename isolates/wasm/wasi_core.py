@@ -1,7 +1,7 @@
 """WASI preview 1 for core modules (QuickJS and raw WASI modules), with two host overrides.
 
 wasmtime's own WASI implementation serves every call except two, which this module shadows
-with host functions written in Python:
+with host functions written in Python (which stop the guest through the watchdog, never by raising):
 
 - `fd_write` on fds 1 and 2: the bytes go to the execution's `OutputCapture` (capped, counted,
   streamed to `on_output` as written), never to a file or a pipe. Passing the cap stops the
@@ -40,10 +40,7 @@ _SLICE_SECONDS = 0.02
 _ERRNO_SUCCESS = 0
 _ERRNO_INVAL = 28
 _ERRNO_FAULT = 21
-
-
-class HostStop(Exception):
-    """Raised by a host override to stop the guest (output cap, deadline, cancel)."""
+_ERRNO_IO = 29
 
 
 @dataclass
@@ -161,6 +158,8 @@ def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritt
         if ctx is None or ctx.fd_write is None:
             return _ERRNO_INVAL
         return int(ctx.fd_write(caller, fd, iovs, iovs_len, nwritten))
+    if ctx.capture.overflowed is not None:
+        return _ERRNO_IO  # stopped at the next tick; later writes are not counted
     memory = _memory(caller)
     if memory is None or iovs_len < 0 or iovs_len > 1024:
         return _ERRNO_INVAL
@@ -176,7 +175,8 @@ def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritt
     except (IndexError, ValueError, wasmtime.WasmtimeError):
         return _ERRNO_FAULT
     if not ctx.capture.add(fd, data):
-        raise HostStop("output limit")
+        _stop(ctx, "output")
+        return _ERRNO_IO
     return _ERRNO_SUCCESS
 
 
@@ -206,14 +206,32 @@ def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread: 
     return _ERRNO_SUCCESS
 
 
-def _check(ctx: CoreContext) -> None:
+def _stop(ctx: CoreContext, reason: str) -> None:
+    # Host functions never raise to stop the guest: wasmtime-py parks a raised exception in a
+    # process-wide slot that a concurrent call on another thread could pick up. The watchdog
+    # traps the guest at the next epoch tick instead.
+    ctx.watch.reason = ctx.watch.reason or reason
+    ctx.watch.stop_now = True
+
+
+def stopped_ending_reason(ctx: CoreContext) -> str:
+    """Why a host override asked the guest to stop ("" if it did not).
+
+    A guest can return before the next tick traps it (e.g. right after an interrupted sleep);
+    the caller then still reports the limit that stopped it.
+    """
+    return ctx.watch.reason if ctx.watch.stop_now else ""
+
+
+def _expired(ctx: CoreContext) -> bool:
     watch = ctx.watch
     if watch.cancelled:
-        watch.reason = watch.reason or "cancelled"
-        raise HostStop("cancelled")
+        _stop(ctx, "cancelled")
+        return True
     if time.monotonic() >= watch.deadline:
-        watch.reason = watch.reason or "timeout"
-        raise HostStop("timeout")
+        _stop(ctx, "timeout")
+        return True
+    return False
 
 
 def _poll_oneoff(caller: wasmtime.Caller, in_: int, out: int, nsubs: int, nevents: int) -> int:
@@ -243,8 +261,7 @@ def _poll_oneoff(caller: wasmtime.Caller, in_: int, out: int, nsubs: int, nevent
         # Only clocks: sleep until the earliest one, in slices, watching the deadline.
         wait = min(s[2] for s in subs) / 1e9
         end = time.monotonic() + wait
-        while True:
-            _check(ctx)
+        while not _expired(ctx):
             left = end - time.monotonic()
             if left <= 0:
                 break

@@ -40,13 +40,20 @@ from isolates.wasm.common import (
     Ending,
     classify_error,
     collect_outputs,
+    ending_for_reason,
     memory_message,
     wasi_config,
 )
 from isolates.wasm.engine import Watch, get_engine, new_store, running
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir
-from isolates.wasm.wasi_core import CoreContext, HostStop, bind_originals, current, new_linker
+from isolates.wasm.wasi_core import (
+    CoreContext,
+    bind_originals,
+    current,
+    new_linker,
+    stopped_ending_reason,
+)
 
 
 class InvalidModule(ValueError):
@@ -302,7 +309,7 @@ class WasiIsolate(Isolate):
                 if not isinstance(start, wasmtime.Func):
                     return Ending(Status.ERROR, 1, "the module exports no _start function")
                 start(store)
-        except (wasmtime.WasmtimeError, wasmtime.Trap, HostStop) as exc:
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             ending = classify_error(exc, self._watch, ctx.capture, request)
             if ending.status == Status.ERROR and _memory_exhausted(store, instance, request):
                 ending = Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
@@ -314,7 +321,8 @@ class WasiIsolate(Isolate):
                     f"{request.limits.memory_bytes} bytes"
                 )
             return ending
-        return Ending(Status.OK, 0)
+        decided = ending_for_reason(stopped_ending_reason(ctx), ctx.capture, request)
+        return decided or Ending(Status.OK, 0)
 
     def destroy(self) -> None:
         """Drop the store and delete the scratch directory. Idempotent."""

@@ -116,7 +116,7 @@ def test_output_file_is_capped(factory: PythonFactory) -> None:
 def test_env_stdin_and_argv(factory: PythonFactory) -> None:
     code = "import os, sys\nprint(os.environ['GREETING'], sys.stdin.read(), sys.argv)"
     result = run(factory, code, env={"GREETING": "hi"}, stdin=b"from stdin")
-    assert result.stdout == b"hi from stdin ['main.py']\n", result.stderr
+    assert result.stdout == b"hi from stdin ['-c']\n", result.stderr
 
 
 def test_host_environment_is_not_visible(factory: PythonFactory) -> None:

@@ -15,13 +15,13 @@ which stops the guest for good.
 
 import gc
 import io
+import linecache as _linecache
 import os
 import sys
 import time
 
 import wit_world
 from wit_world.imports import host
-from wit_world.imports.types import Ending, Outcome, Request
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _STDLIB_OUT = os.path.join(_HERE, "stdlib-out")
@@ -31,6 +31,10 @@ _SKIP_DIRS = {"__pycache__", "site-packages", "test", "tests", "idle_test"}
 _SKIP_IMPORT = {"antigravity", "this", "__main__", "__hello__", "__phello__", "idlelib",
                 "tkinter", "turtle", "turtledemo", "test", "ensurepip", "pydoc_data",
                 "webbrowser", "lib2to3"}
+_CWD = "/workspace"
+"""The scratch directory's guest path (isolates/wasm/common.py GUEST_CWD)."""
+_FILENAME = "<string>"
+"""The user's code shows in tracebacks as it does for `python -c`."""
 _FLUSH_BYTES = 64 * 1024
 _FLUSH_SECONDS = 0.05
 
@@ -136,10 +140,14 @@ class _Sink:
 
     def flush(self) -> None:
         if self.pending:
-            data = bytes(self.pending)
+            data = self.pending.decode("latin-1")
             self.pending.clear()
             host.write(self.fd, data)
         self.last_flush = time.monotonic()
+
+
+_OUT = _Sink(1, 0)
+_ERR = _Sink(2, 0)
 
 
 class _BinaryStream(io.RawIOBase):
@@ -224,7 +232,7 @@ def _format_exception(exc: BaseException) -> str:
 
 
 class WitWorld(wit_world.WitWorld):
-    """The exports of the component."""
+    """The exports of the component (componentize-py may make a new instance per call)."""
 
     def prepare(self) -> None:
         import random
@@ -234,46 +242,57 @@ class WitWorld(wit_world.WitWorld):
         random.seed()
         tempfile._name_sequence = None  # type: ignore[attr-defined]
         time.sleep = _interruptible_sleep
-        # Walk the request path once so its pages are touched before the isolate is pooled.
-        self.run(Request("pass", b"", [], [], "/workspace", 0))
-
-    def run(self, req: Request) -> Outcome:
-        out = _Sink(1, req.output_cap)
-        err = _Sink(2, req.output_cap)
-        sys.stdout = _TextStream(out, "<stdout>")
-        sys.stderr = _TextStream(err, "<stderr>")
-        sys.stdin = io.TextIOWrapper(io.BytesIO(req.stdin), encoding="utf-8", errors="replace")
-        sys.argv = list(req.argv) or ["main.py"]
+        # Everything that does not depend on the request is set up here, off the request path.
+        _OUT.last_flush = _ERR.last_flush = time.monotonic()
+        sys.stdout = _TextStream(_OUT, "<stdout>")
+        sys.stderr = _TextStream(_ERR, "<stderr>")
+        sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8", errors="replace")
         os.environ.clear()
-        os.environ.update(dict(req.env))
-        ending, exit_code, message = Ending.OK, 0, ""
-        try:
-            os.chdir(req.cwd)
-            import linecache
-            import tempfile
+        os.chdir(_CWD)
+        tempfile.tempdir = _CWD
+        # Walk the request path once so its pages are touched before the isolate is pooled.
+        self.run("pass", "", [], [], _CWD, 0)
 
-            tempfile.tempdir = req.cwd
-            lines = req.code.splitlines(keepends=True)
-            linecache.cache["main.py"] = (len(req.code), None, lines, "main.py")
+    def run(
+        self, code: str, stdin: str, env: list[str], argv: list[str], cwd: str, output_cap: int
+    ) -> str:
+        out, err = _OUT, _ERR
+        out.cap = err.cap = output_cap
+        if stdin:
+            sys.stdin = io.TextIOWrapper(
+                io.BytesIO(stdin.encode("latin-1")), encoding="utf-8", errors="replace"
+            )
+        sys.argv = list(argv) or ["-c"]
+        if env:
+            os.environ.update(entry.split("=", 1) for entry in env)
+        ending, exit_code, message = "ok", 0, ""
+        try:
+            if cwd != _CWD:
+                import tempfile
+
+                os.chdir(cwd)
+                tempfile.tempdir = cwd
+            # Registered so that tracebacks show the user's source lines.
+            _linecache.cache[_FILENAME] = (len(code), None, code.splitlines(True), _FILENAME)
             namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-            exec(compile(req.code, "main.py", "exec", dont_inherit=True), namespace)
+            exec(compile(code, _FILENAME, "exec", dont_inherit=True), namespace)
         except _OutputOverflow:
-            ending, exit_code, message = Ending.EXIT, 1, "output limit"
+            ending, exit_code, message = "exit", 1, "output limit"
         except SystemExit as exc:
-            code = exc.code
-            if code is None:
+            code_ = exc.code
+            if code_ is None:
                 exit_code = 0
-            elif isinstance(code, int):
-                exit_code = code & 0xFF if code >= 0 else (code % 256)
+            elif isinstance(code_, int):
+                exit_code = code_ % 256
             else:
-                _safe_write(sys.stderr, f"{code}\n")
+                _safe_write(sys.stderr, f"{code_}\n")
                 exit_code = 1
-            ending = Ending.EXIT
+            ending = "exit"
         except MemoryError as exc:
-            ending, exit_code, message = Ending.MEMORY, 1, "MemoryError"
+            ending, exit_code, message = "memory", 1, "MemoryError"
             _safe_write(sys.stderr, _safe_format(exc))
         except BaseException as exc:  # noqa: BLE001 - every user exception is a result
-            ending, exit_code = Ending.EXCEPTION, 1
+            ending, exit_code = "exception", 1
             message = f"{type(exc).__name__}: {exc}"[:1000]
             _safe_write(sys.stderr, _safe_format(exc))
         for stream in (sys.stdout, sys.stderr):
@@ -283,7 +302,7 @@ class WitWorld(wit_world.WitWorld):
                 pass
         out.flush()
         err.flush()
-        return Outcome(ending, exit_code, out.total, err.total, message)
+        return f"{ending} {exit_code} {out.total} {err.total} {message}"
 
 
 def _safe_format(exc: BaseException) -> str:
