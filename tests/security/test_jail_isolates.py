@@ -52,14 +52,18 @@ def py(factory: JailFactory, code: str, **fields: object) -> ExecutionResult:
     return run(factory, Language.PYTHON, code, **fields)
 
 
-def host_processes_of(uid: int) -> list[int]:
+def host_processes_of(factory: JailFactory) -> list[int]:
+    """Host processes inside this factory's cgroups (a daemon that escaped with setsid is still
+    there: cgroup membership is inherited and a jail cannot leave its cgroup). Counting by uid
+    alone would also count the warm jails of other servers running in the same test session."""
+    marker = f"sandboxd-jail-{factory.instance}"
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == uid:
+                if marker in (entry / "cgroup").read_text():
                     pids.append(int(entry.name))
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 continue
     return pids
 
@@ -89,7 +93,7 @@ def test_R1_busy_loop_and_long_sleep_time_out_and_pool_keeps_serving(factory: Ja
 
 
 def test_R2_fork_bomb_is_stopped_at_pids_limit(factory: JailFactory) -> None:
-    baseline = len(host_processes_of(factory.settings.outside_uid))
+    baseline = len(host_processes_of(factory))
     code = (
         "import os, time\n"
         "n = 0\n"
@@ -108,7 +112,7 @@ def test_R2_fork_bomb_is_stopped_at_pids_limit(factory: JailFactory) -> None:
     bash_bomb = run(factory, Language.SHELL, ":(){ :|:& };:; sleep 1; echo survived",
                     limits=Limits(timeout_s=10))
     assert bash_bomb.status in (Status.OK, Status.ERROR, Status.TIMEOUT)
-    assert len(host_processes_of(factory.settings.outside_uid)) == baseline
+    assert len(host_processes_of(factory)) == baseline
 
 
 def test_R3_memory_hog_and_spread_over_children_hit_memory_limit(factory: JailFactory) -> None:
@@ -486,7 +490,7 @@ def _children() -> int:
 def test_leak_1000_executions_100_hostile(factory: JailFactory) -> None:
     start = (_fd_count(), _jail_cgroups(factory), _children(),
              len(list(factory.instance_dir.iterdir())),
-             len(host_processes_of(factory.settings.outside_uid)))
+             len(host_processes_of(factory)))
     limits = Limits(timeout_s=1.0, memory_bytes=128 * MIB, output_bytes=64 * 1024, cpu_s=1.0)
 
     def one(i: int) -> Status:
@@ -511,5 +515,5 @@ def test_leak_1000_executions_100_hostile(factory: JailFactory) -> None:
     assert Status.INTERNAL_ERROR not in statuses
     end = (_fd_count(), _jail_cgroups(factory), _children(),
            len(list(factory.instance_dir.iterdir())),
-           len(host_processes_of(factory.settings.outside_uid)))
+           len(host_processes_of(factory)))
     assert end == start
