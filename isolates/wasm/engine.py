@@ -105,7 +105,7 @@ def _error(message: str) -> int:
     return ctypes.cast(err, ctypes.c_void_p).value or 0
 
 
-@_CallbackType  # type: ignore[misc]
+@_CallbackType  # type: ignore[untyped-decorator]
 def _on_deadline(_ctx: Any, data: int | None, delta: Any, kind: Any) -> int:
     watch = _watches.get(data or 0)
     if watch is not None:
@@ -122,7 +122,7 @@ def _on_deadline(_ctx: Any, data: int | None, delta: Any, kind: Any) -> int:
     return 0
 
 
-@_FinalizerType  # type: ignore[misc]
+@_FinalizerType  # type: ignore[untyped-decorator]
 def _on_store_dropped(data: int | None) -> None:
     _watches.pop(data or 0, None)
 

@@ -23,6 +23,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
@@ -151,11 +152,12 @@ class JavaScriptIsolate(Isolate):
             instance = factory.linker.instantiate(store, factory.module)
             bind_originals(factory.base_linker, store, instance, self._ctx)
             exports = instance.exports(store)
-            self._memory = exports["memory"]
-            self._malloc = exports["malloc"]
-            self._init_argv = exports["qjs_init_argv"]
+            self._memory = _export(exports, "memory", wasmtime.Memory)
+            self._malloc = _export(exports, "malloc", wasmtime.Func)
+            self._init_argv = _export(exports, "qjs_init_argv", wasmtime.Func)
+            initialize = _export(exports, "_initialize", wasmtime.Func)
             with running():
-                exports["_initialize"](store)
+                initialize(store)
         except BaseException:
             self.destroy()
             raise
@@ -240,6 +242,13 @@ class JavaScriptIsolate(Isolate):
         if self._scratch is not None:
             self._scratch.remove()
             self._scratch = None
+
+
+def _export[T](exports: Any, name: str, kind: type[T]) -> T:
+    item = exports[name]
+    if not isinstance(item, kind):
+        raise RuntimeError(f"QuickJS export {name} is not a {kind.__name__}")
+    return item
 
 
 def _first_error_line(capture: OutputCapture) -> str:

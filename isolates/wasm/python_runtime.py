@@ -112,7 +112,7 @@ class _ComponentCall:
                 )
 
             enter_wasm(call)
-            return self._result.convert_from_c(result) if has_result else None
+            return self._result.convert_from_c(result) if self._result is not None else None
         finally:
             for i in range(lowered):
                 ffi.wasmtime_component_val_delete(ctypes.byref(param_capi[i]))
@@ -203,7 +203,7 @@ class PythonIsolate(Isolate):
             if self._used or self._store is None or self._scratch is None:
                 raise RuntimeError("a wasm isolate runs exactly once")
             self._used = True
-        store, scratch, watch = self._store, self._scratch, self._watch
+        store, scratch = self._store, self._scratch
         started = time.perf_counter()
         capture = OutputCapture(request.limits.output_bytes, on_output)
         if cancel is not None and cancel.cancelled:

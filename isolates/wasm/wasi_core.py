@@ -123,7 +123,7 @@ def _shim(engine: wasmtime.Engine) -> wasmtime.Module:
     with _shim_lock:
         module = _shims.get(id(engine))
         if module is None:
-            module = wasmtime.Module(engine, wasmtime.wat2wasm(_SHIM_WAT))
+            module = wasmtime.Module(engine, bytes(wasmtime.wat2wasm(_SHIM_WAT)))
             _shims[id(engine)] = module
         return module
 

@@ -314,7 +314,9 @@ class WasiIsolate(Isolate):
             if ending.status == Status.ERROR and _memory_exhausted(store, instance, request):
                 ending = Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
             elif "unknown import" in str(exc):
-                ending.message = f"the module imports what WASI does not provide: {_first_line(exc)}"
+                ending.message = (
+                    f"the module imports what WASI does not provide: {_first_line(exc)}"
+                )
             elif "memory minimum size" in str(exc) or "exceeds memory limits" in str(exc):
                 ending = Ending(
                     Status.MEMORY_LIMIT, 1, f"the module needs more memory than the limit of "

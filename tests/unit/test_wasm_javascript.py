@@ -80,7 +80,8 @@ def test_promises_and_timers_run(factory: JavaScriptFactory) -> None:
 
 
 def test_rejection_handled_by_catch_is_not_an_error(factory: JavaScriptFactory) -> None:
-    result = run(factory, "Promise.reject(new Error('x')).catch(e => console.log('caught', e.message))")
+    code = "Promise.reject(new Error('x')).catch(e => console.log('caught', e.message))"
+    result = run(factory, code)
     assert (result.status, result.stdout) == (Status.OK, b"caught x\n")
 
 
@@ -126,7 +127,8 @@ def test_memory_limit(factory: JavaScriptFactory) -> None:
 
 
 def test_output_limit(factory: JavaScriptFactory) -> None:
-    result = run(factory, "while (true) console.log('z'.repeat(99))", limits=Limits(output_bytes=1000))
+    code = "while (true) console.log('z'.repeat(99))"
+    result = run(factory, code, limits=Limits(output_bytes=1000))
     assert result.status is Status.OUTPUT_LIMIT
     assert result.stdout == b"z" * 99 + b"\n" + (b"z" * 99 + b"\n") * 9
     assert result.stdout_truncated and result.stdout_total_bytes > 1000

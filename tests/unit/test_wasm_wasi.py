@@ -19,7 +19,8 @@ IMPORTS = """
  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes (param i32 i32) (result i32)))
  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
- (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
+ (import "wasi_snapshot_preview1" "environ_sizes_get"
+   (func $env_sizes (param i32 i32) (result i32)))
  (import "wasi_snapshot_preview1" "environ_get" (func $env_get (param i32 i32) (result i32)))
  (import "wasi_snapshot_preview1" "path_open"
    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
@@ -81,7 +82,8 @@ def open_and_write(path: str) -> bytes:
  (data (i32.const 600) "ok\\n")
  (data (i32.const 610) "denied\\n")
  (func (export "_start")
-   (if (i32.eqz (call $path_open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const {len(encoded)})
+   (if (i32.eqz (call $path_open (i32.const 3) (i32.const 0)
+                  (i32.const 16) (i32.const {len(encoded)})
                   (i32.const 9) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 700)))
      (then
        (drop (call $write (i32.load (i32.const 700)) (i32.const 512) (i32.const 7)))
@@ -116,7 +118,8 @@ SPIN = wat('(func (export "_start") (loop (br 0)))')
 
 SPAM = wat("""
  (data (i32.const 16) "spam spam\\n")
- (func (export "_start") (loop (drop (call $write (i32.const 1) (i32.const 16) (i32.const 10))) (br 0)))
+ (func (export "_start")
+   (loop (drop (call $write (i32.const 1) (i32.const 16) (i32.const 10))) (br 0)))
 """)
 
 
