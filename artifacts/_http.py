@@ -224,7 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._plain(415, "unexpected content type")
             return
         store = self.server.store
-        body = _BodyReader(self.rfile, self.headers, store.limits.max_request_bytes)
+        rfile: Any = self.rfile
+        body = _BodyReader(rfile, self.headers, store.limits.max_request_bytes)
         write = self._start_chunked(f"application/x-{service}-result")
         try:
             run_service(store, self.server.sender, rec, service, body.read, write)

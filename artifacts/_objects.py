@@ -28,6 +28,7 @@ from typing import Any
 
 from dulwich.errors import ObjectFormatException
 from dulwich.object_store import DiskObjectStore
+from dulwich.objects import ObjectID, RawObjectID
 
 from artifacts._errors import ArtifactsError, InvalidArgumentError, LimitExceededError
 from artifacts._limits import StoreLimits
@@ -70,7 +71,7 @@ def check_object(type_num: int, raw: bytes, field: str = "object") -> list[bytes
     raise InvalidArgumentError(field, f"unknown object type {type_num}")
 
 
-class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
+class SharedObjectStore(DiskObjectStore):
     """dulwich's disk store plus quarantined, validated ingest of packs and raw objects."""
 
     def __init__(self, path: Path, tmp_dir: Path, limits: StoreLimits) -> None:
@@ -93,7 +94,7 @@ class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
 
     def has(self, sha_hex: bytes) -> bool:
         """Whether the store holds an object (hex id)."""
-        return sha_hex in self
+        return ObjectID(sha_hex) in self
 
     def new_pack_writer(self) -> PackWriter:
         """Start a pack that skips objects the store already holds."""
@@ -109,7 +110,7 @@ class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
         # cached pack list is current: skip dulwich's directory rescan on each miss.
         for pack in self._iter_cached_packs():
             try:
-                pack.index.object_offset(sha)
+                pack.index.object_offset(RawObjectID(sha))
             except KeyError:
                 continue
             return True
@@ -155,7 +156,7 @@ class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
             ids.append(claimed)
         offered = {i.encode() for i in ids}
         for i, ref in refs:
-            if ref not in offered and ref not in self:
+            if ref not in offered and ObjectID(ref) not in self:
                 raise InvalidArgumentError(f"objects[{i}]", f"references missing {ref.decode()}")
         writer = self.new_pack_writer()
         try:
@@ -204,7 +205,7 @@ class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
             quarantine = _Quarantine(qdir / "objects", self, visible)
             r_all, r_some = guard_reads(guard, read_all, read_some)
             pack = quarantine.add_thin_pack(r_all, r_some, progress)
-            received = {sha for sha in pack}
+            received: set[bytes] = {bytes(sha) for sha in pack}
             self._check_quarantined(pack, received, visible)
             base = Path(pack._basename)
             pack.close()
@@ -234,7 +235,7 @@ class SharedObjectStore(DiskObjectStore):  # type: ignore[misc]
                     raise InvalidArgumentError(field, f"references missing {ref.decode()}")
 
 
-class _Quarantine(DiskObjectStore):  # type: ignore[misc]
+class _Quarantine(DiskObjectStore):
     """A private store for one incoming pack; sees only the shared objects the pusher may."""
 
     def __init__(
@@ -244,12 +245,12 @@ class _Quarantine(DiskObjectStore):  # type: ignore[misc]
         self._main = main
         self._visible = visible
 
-    def get_raw(self, name: bytes) -> tuple[int, bytes]:
+    def get_raw(self, name: ObjectID | RawObjectID) -> tuple[int, bytes]:
         """Resolve thin-pack delta bases from the shared store when the pusher may see them."""
         try:
-            return super().get_raw(name)  # type: ignore[no-any-return]
+            return super().get_raw(name)
         except KeyError:
-            hex_id = name if len(name) == 40 else name.hex().encode()
+            hex_id = ObjectID(name if len(name) == 40 else name.hex().encode())
             if self._visible(hex_id):
-                return self._main.get_raw(hex_id)  # type: ignore[no-any-return]
+                return self._main.get_raw(hex_id)
             raise

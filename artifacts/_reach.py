@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from dulwich.object_store import BaseObjectStore
+from dulwich.objects import ObjectID
 
 from artifacts._packwrite import OBJ_COMMIT, OBJ_TAG, OBJ_TREE
 from artifacts._validate import MODE_GITLINK, MODE_TREE
@@ -46,7 +47,7 @@ class Reachability:
 
     def _expand(self, sha: bytes) -> None:
         try:
-            type_num, raw = self._store.get_raw(sha)
+            type_num, raw = self._store.get_raw(ObjectID(sha))
         except KeyError:
             return
         if type_num == OBJ_COMMIT:

@@ -24,7 +24,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dulwich.refs import DiskRefsContainer
+from dulwich.refs import DiskRefsContainer, Ref
 
 from artifacts._errors import AlreadyExistsError, NotFoundError
 from artifacts._validate import check_repo_name
@@ -49,7 +49,9 @@ class RepoRecord:
 
     def branches(self) -> dict[str, str]:
         """Branch name -> commit id."""
-        return {ref.decode(): sha.decode() for ref, sha in self.refs.as_dict(b"refs/heads").items()}
+        return {
+            ref.decode(): sha.decode() for ref, sha in self.refs.as_dict(Ref(b"refs/heads")).items()
+        }
 
 
 class RepoRegistry:

@@ -20,7 +20,9 @@ from typing import Any
 from dulwich.config import ConfigFile
 from dulwich.errors import HookError
 from dulwich.hooks import Hook
+from dulwich.objects import ObjectID
 from dulwich.protocol import CAPABILITY_FILTER, CAPABILITY_NO_DONE, Protocol
+from dulwich.refs import Ref
 from dulwich.repo import BaseRepo
 from dulwich.server import (
     Backend,
@@ -64,16 +66,16 @@ class _ReceiveObjects:
         )
 
     def __contains__(self, sha: bytes) -> bool:
-        return sha in self._shared
+        return ObjectID(sha) in self._shared
 
     def __getitem__(self, sha: bytes) -> Any:
-        return self._shared[sha]
+        return self._shared[ObjectID(sha)]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shared, name)
 
 
-class _RefUpdateCheck(Hook):  # type: ignore[misc]
+class _RefUpdateCheck(Hook):
     """dulwich ``update`` hook: the last word on each ref a push wants to move."""
 
     def __init__(self, objects: _ReceiveObjects, visible: Reachability) -> None:
@@ -97,7 +99,7 @@ class _RefUpdateCheck(Hook):  # type: ignore[misc]
         return b"", b""
 
 
-class _BackendRepo(BaseRepo):  # type: ignore[misc]
+class _BackendRepo(BaseRepo):
     """A dulwich repo: shared objects plus this repo's refs, no config, no working tree."""
 
     def __init__(self, objects: Any, rec: RepoRecord) -> None:
@@ -110,17 +112,17 @@ class _BackendRepo(BaseRepo):  # type: ignore[misc]
         return None
 
 
-class _Backend(Backend):  # type: ignore[misc]
+class _Backend(Backend):
     """Hands dulwich's handlers the repo they were built for."""
 
     def __init__(self, repo: _BackendRepo) -> None:
         self.repo = repo
 
-    def open_repository(self, path: str) -> _BackendRepo:
+    def open_repository(self, path: str) -> Any:
         return self.repo
 
 
-class _UploadPack(UploadPackHandler):  # type: ignore[misc]
+class _UploadPack(UploadPackHandler):
     """upload-pack whose pack comes from `PackSender`; partial clone is not offered."""
 
     sender: PackSender
@@ -134,9 +136,11 @@ class _UploadPack(UploadPackHandler):  # type: ignore[misc]
         walker = _ProtocolGraphWalker(
             self, self.repo.object_store, self.repo.get_peeled, self.repo.refs.get_symrefs
         )
-        wants: list[bytes] = []
+        wants: list[ObjectID] = []
 
-        def determine_wants(refs: Mapping[bytes, bytes], depth: int | None = None) -> list[bytes]:
+        def determine_wants(
+            refs: Mapping[Ref, ObjectID], depth: int | None = None
+        ) -> list[ObjectID]:
             wants.extend(walker.determine_wants(refs, depth))
             return wants
 
@@ -179,6 +183,13 @@ def _handler(
     )
 
 
+def _returns_none(write: Callable[[bytes], object]) -> Callable[[bytes], None]:
+    def wrapped(data: bytes) -> None:
+        write(data)
+
+    return wrapped
+
+
 def advertise(
     store: ArtifactStore,
     sender: PackSender,
@@ -187,7 +198,7 @@ def advertise(
     write: Callable[[bytes], object],
 ) -> None:
     """Write the ``info/refs?service=...`` answer for one repo."""
-    proto = Protocol(lambda n: b"", write)
+    proto = Protocol(lambda n: b"", _returns_none(write))
     proto.write_pkt_line(f"# service={service}\n".encode("ascii"))
     proto.write_pkt_line(None)
     _handler(store, sender, rec, service, proto, advertise_refs=True).handle()
@@ -205,7 +216,7 @@ def run_service(
 
     For a push, ref updates are serialized with the store's API commits by the repo lock.
     """
-    proto = Protocol(read, write)
+    proto = Protocol(read, _returns_none(write))
     handler = _handler(store, sender, rec, service, proto, advertise_refs=False)
     if service == "git-receive-pack":
         with store.repo_lock(rec.name):

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dulwich.diff_tree import tree_changes
-from dulwich.objects import Commit
+from dulwich.objects import Commit, ObjectID
+from dulwich.refs import Ref
 from dulwich.walk import Walker
 
 from artifacts._errors import (
@@ -223,7 +224,7 @@ class ArtifactStore:
         check_ref_name(ref, "branch")
         rec = self.repos.open(repo)
         with self.repo_lock(repo):
-            old = rec.refs.as_dict().get(ref)
+            old = rec.refs.as_dict().get(Ref(ref))
             parent_ids = self._parents(rec, old, parents)
             base_tree = None
             if parent_ids and not replace:
@@ -238,7 +239,7 @@ class ArtifactStore:
                 stamp = int(time.time())
                 c = Commit()
                 c.tree = tree
-                c.parents = parent_ids
+                c.parents = [ObjectID(p) for p in parent_ids]
                 c.author = c.committer = f"{author.name} <{author.email}>".encode()
                 c.author_time = c.commit_time = stamp
                 c.author_timezone = c.commit_timezone = 0
@@ -249,9 +250,9 @@ class ArtifactStore:
                 writer.abort()
                 raise
             if old is None:
-                ok = rec.refs.add_if_new(ref, new)
+                ok = rec.refs.add_if_new(Ref(ref), ObjectID(new))
             else:
-                ok = rec.refs.set_if_equals(ref, old, new)
+                ok = rec.refs.set_if_equals(Ref(ref), old, ObjectID(new))
             if not ok:
                 raise ConflictError(f"branch {branch!r} moved during the commit")
             return new.decode()
@@ -367,28 +368,28 @@ class ArtifactStore:
         refs = rec.refs.as_dict()
         raw = ref.encode("utf-8", "surrogateescape")
         if raw == b"HEAD":
-            target = rec.refs.follow(b"HEAD")[1]
+            target = rec.refs.follow(Ref(b"HEAD"))[1]
             if target:
                 return self._peel(target)
         for candidate in (raw, b"refs/heads/" + raw, b"refs/tags/" + raw):
-            if candidate != b"HEAD" and candidate in refs:
-                return self._peel(refs[candidate])
+            if candidate != b"HEAD" and Ref(candidate) in refs:
+                return self._peel(refs[Ref(candidate)])
         if _is_hex_id(raw) and self.visibility(rec).contains(raw):
             return self._peel(raw)
         raise NotFoundError(f"ref {ref!r} not found in repo {rec.name!r}")
 
     def _peel(self, sha: bytes) -> bytes:
-        type_num, raw = self.objects.get_raw(sha)
+        type_num, raw = self.objects.get_raw(ObjectID(sha))
         while type_num == OBJ_TAG:
             sha = raw.split(b"\n", 1)[0][7:]
-            type_num, raw = self.objects.get_raw(sha)
+            type_num, raw = self.objects.get_raw(ObjectID(sha))
         if type_num != OBJ_COMMIT:
             raise NotFoundError(f"{sha.decode()} is not a commit")
         return sha
 
     def _commit_of(self, sha: bytes) -> Commit:
         try:
-            obj = self.objects[sha]
+            obj = self.objects[ObjectID(sha)]
         except KeyError:
             raise NotFoundError(f"commit {sha.decode()} not found") from None
         if not isinstance(obj, Commit):
@@ -431,14 +432,14 @@ class ArtifactStore:
         return out
 
     def _list(self, tree: bytes, prefix: str, recursive: bool, out: list[TreeEntry]) -> None:
-        for name_raw, mode, sha in _tree_rows(self.objects.get_raw(tree)[1]):
+        for name_raw, mode, sha in _tree_rows(self.objects.get_raw(ObjectID(tree))[1]):
             name = name_raw.decode("utf-8", "surrogateescape")
             path = f"{prefix}/{name}" if prefix else name
             kind = _KIND.get(mode, "blob")
             if kind == "tree" and recursive:
                 self._list(sha, path, True, out)
                 continue
-            size = len(self.objects.get_raw(sha)[1]) if kind == "blob" else None
+            size = len(self.objects.get_raw(ObjectID(sha))[1]) if kind == "blob" else None
             out.append(TreeEntry(path=path, mode=mode, kind=kind, id=sha.decode(), size=size))
 
     def read_blob(self, repo: str, path: str, ref: str = "main") -> bytes:
@@ -459,7 +460,7 @@ class ArtifactStore:
         mode, sha = self._lookup(rec, ref, path)
         if mode in (MODE_TREE, MODE_GITLINK):
             raise NotFoundError(f"path {path!r} is not a file")
-        _, data = self.objects.get_raw(sha)
+        _, data = self.objects.get_raw(ObjectID(sha))
         view = memoryview(data)
         return (bytes(view[i : i + _CHUNK]) for i in range(0, len(data), _CHUNK))
 
@@ -471,7 +472,9 @@ class ArtifactStore:
         """
         rec = self.repos.open(repo)
         head = self._resolve(rec, ref)
-        walker = Walker(self.objects, include=[head], max_entries=max(1, min(limit, 10_000)))
+        walker = Walker(
+            self.objects, include=[ObjectID(head)], max_entries=max(1, min(limit, 10_000))
+        )
         return [_commit_info(entry.commit) for entry in walker]
 
     def diff(self, repo: str, a: str, b: str) -> list[FileChange]:
@@ -486,7 +489,7 @@ class ArtifactStore:
         out: list[FileChange] = []
         for ch in tree_changes(self.objects, tree_a, tree_b):
             old, new = ch.old, ch.new
-            path_raw = new.path if new is not None and new.path else old.path
+            path_raw = new.path if new is not None and new.path else (old.path if old else None)
             out.append(
                 FileChange(
                     path=(path_raw or b"").decode("utf-8", "surrogateescape"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Union
 
 from dulwich.object_store import BaseObjectStore
+from dulwich.objects import ObjectID
 
 from artifacts._errors import InvalidArgumentError
 from artifacts._packwrite import OBJ_TREE, PackWriter
@@ -33,7 +34,7 @@ class TreeBuilder:
         self._dirs: set[tuple[bytes, ...]] = set()
 
     def _load(self, tree_hex: bytes) -> Dir:
-        type_num, raw = self._store.get_raw(tree_hex)
+        type_num, raw = self._store.get_raw(ObjectID(tree_hex))
         if type_num != OBJ_TREE:
             raise InvalidArgumentError("tree", f"{tree_hex.decode()} is not a tree")
         d = Dir()

@@ -192,11 +192,11 @@ def check_ref_name(ref: bytes, field: str = "ref") -> None:
     Raises:
         InvalidArgumentError: For other namespaces or malformed names.
     """
-    from dulwich.refs import check_ref_format
+    from dulwich.refs import Ref, check_ref_format
 
     if not (ref.startswith(b"refs/heads/") or ref.startswith(b"refs/tags/")):
         raise InvalidArgumentError(field, "only refs/heads/* and refs/tags/* may be written")
-    if len(ref) > 1024 or not check_ref_format(ref):
+    if len(ref) > 1024 or not check_ref_format(Ref(ref)):
         raise InvalidArgumentError(field, "malformed ref name")
     for part in ref.split(b"/"):
         check_entry_name(part, field)
