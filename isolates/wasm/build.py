@@ -156,6 +156,14 @@ def ensure_runtimes(data_dir: Path, progress: bool = True) -> RuntimePaths:
     return paths
 
 
+def invalidate(data_dir: Path) -> None:
+    """Forget the built artifacts (the next `ensure_runtimes` rebuilds them).
+
+    For artifacts that match the manifest but no longer load, e.g. after a CPU change.
+    """
+    (runtime_paths(data_dir).root / "manifest.json").unlink(missing_ok=True)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)

@@ -38,7 +38,7 @@ from isolates.base import (
     OutputSink,
     Status,
 )
-from isolates.wasm.build import RuntimePaths, ensure_runtimes, runtime_paths
+from isolates.wasm.build import RuntimePaths, ensure_runtimes, invalidate, runtime_paths
 from isolates.wasm.common import (
     GUEST_CWD,
     Ending,
@@ -123,7 +123,19 @@ class JavaScriptFactory(IsolateFactory):
         )
         self.limits = limits or Limits()
         self.engine = get_engine()
-        self.module = wasmtime.Module.deserialize_file(self.engine, str(self.paths.quickjs_module))
+        try:
+            self.module = wasmtime.Module.deserialize_file(
+                self.engine, str(self.paths.quickjs_module)
+            )
+        except wasmtime.WasmtimeError:
+            if not build:
+                raise
+            # Built for another CPU or wasmtime: rebuild once.
+            invalidate(self.data_dir)
+            ensure_runtimes(self.data_dir, progress=False)
+            self.module = wasmtime.Module.deserialize_file(
+                self.engine, str(self.paths.quickjs_module)
+            )
         self.linker, self.base_linker = new_linker(self.engine)
         self.scratch_root = self.data_dir / "scratch"
         self.scratch_root.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from isolates.base import (
     OutputSink,
     Status,
 )
-from isolates.wasm.build import RuntimePaths, ensure_runtimes, runtime_paths
+from isolates.wasm.build import RuntimePaths, ensure_runtimes, invalidate, runtime_paths
 from isolates.wasm.common import (
     GUEST_CWD,
     Ending,
@@ -142,9 +142,19 @@ class PythonFactory(IsolateFactory):
         )
         self.limits = limits or Limits()
         self.engine = get_engine()
-        self.component = wc.Component.deserialize_file(
-            self.engine, str(self.paths.python_component)
-        )
+        try:
+            self.component = wc.Component.deserialize_file(
+                self.engine, str(self.paths.python_component)
+            )
+        except wasmtime.WasmtimeError:
+            if not build:
+                raise
+            # Built for another CPU or wasmtime: rebuild once.
+            invalidate(self.data_dir)
+            ensure_runtimes(self.data_dir, progress=False)
+            self.component = wc.Component.deserialize_file(
+                self.engine, str(self.paths.python_component)
+            )
         self.linker = wc.Linker(self.engine)
         self.linker.add_wasip2()
         with self.linker.root() as root, root.add_instance(_HOST_INTERFACE) as host:
