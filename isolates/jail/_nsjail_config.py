@@ -191,7 +191,10 @@ def build_config(
         cgroup_cpu_parent=rel["cpu"],
         use_cgroupv2=False,
         detect_cgroupv2=False,
-        exec_bin=Exe(path=GUEST_PYTHON, arg=["-I", "-B", DRIVER_PATH], arg0="python3"),
+        # -S: no `site` at start-up (its .pth hooks cost every jail; the driver adds the site
+        # directories itself). -I: no PYTHON* variables, no user site, no script dir on the path.
+        exec_bin=Exe(path=GUEST_PYTHON, arg=["-I", "-S", "-B", DRIVER_PATH, *settings.preload],
+                     arg0="python3"),
     )
 
 

@@ -7,7 +7,11 @@ and are clamped here to the factory's maxima; everything that nsjail fixes at sp
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class JailSettings(BaseModel):
@@ -50,3 +54,18 @@ class JailSettings(BaseModel):
     """How long past the wall limit the host waits for the driver's report before killing."""
     max_request_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     """Largest encoded request (code, stdin and input files together)."""
+    preload: tuple[str, ...] = ()
+    """Modules every warm jail's driver imports before forking the child that runs the code.
+
+    Empty by default: a module imported here is free on first use in the code, but every jail
+    pays for it at start-up and in memory (asyncio: about 60 ms of CPU and 5 MB per jail),
+    whether or not the code uses it. Unlisted modules are imported on first use, as under a
+    plain `python3 -c`."""
+
+    @field_validator("preload")
+    @classmethod
+    def _module_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not _MODULE_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a module name")
+        return names
