@@ -14,8 +14,10 @@ from typing import Any
 
 import grpc
 
-from executor import facets_service
+from artifacts import ArtifactStore, GitHttpServer
+from executor import artifacts_service, facets_service
 from executor.config import Settings
+from executor.output_commits import ArtifactOutputs
 from executor.runner import FacetGrants, OutputCommitter
 from isolates.base import IsolateFactory
 from isolates.facets import FacetStore
@@ -40,6 +42,8 @@ class Setup:
     grpc_services: list[Callable[[grpc.aio.Server], str]] = field(default_factory=list)
     """Each registers one more service and returns its full name (for reflection)."""
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    git_port: int | None = None
+    """Bound port of the git smart-HTTP server, when enabled."""
 
 
 def build(settings: Settings) -> Setup:
@@ -57,7 +61,28 @@ def build(settings: Settings) -> Setup:
     facet_store = FacetStore(data_dir, guest_owner=guest_owner)
     setup.facets = facet_store
     setup.grpc_services.append(lambda server: facets_service.add_to_server(server, facet_store))
+    _add_artifacts(setup, settings, data_dir)
     return setup
+
+
+def _add_artifacts(setup: Setup, settings: Settings, data_dir: Path) -> None:
+    store = ArtifactStore(data_dir)
+    setup.closers.append(store.close)
+    if settings.git_port is not None:
+        public = f"http://{settings.public_host}:{{port}}/git" if settings.public_host else ""
+        git = GitHttpServer(store, settings.host, settings.git_port)
+        port = git.start()
+        if public:
+            git.public_url = public.format(port=port)
+        setup.git_port = port
+        setup.closers.append(git.stop)
+    setup.committer = ArtifactOutputs(store)
+
+    def register(server: grpc.aio.Server) -> str:
+        artifacts_service.add_to_server(server, store)
+        return "sandboxd.v1.Artifacts"
+
+    setup.grpc_services.append(register)
 
 
 def _add_wasm(setup: Setup, settings: Settings, data_dir: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Protocol
 from executor.validation import ValidatedExecute
 from isolates.base import (
     CancelToken,
+    InvalidRequest,
     ExecutionResult,
     IsolateKind,
     OutputSink,
@@ -45,6 +46,9 @@ class FacetGrants(Protocol):
 
 class OutputCommitter(Protocol):
     """Commits an execution's output files to an artifacts repo."""
+
+    def check_repo(self, repo: str, branch: str) -> None:
+        """Raise InvalidRequest when the outputs could not be committed there."""
 
     def commit_outputs(
         self, repo: str, branch: str, files: dict[str, bytes], message: str
@@ -101,6 +105,10 @@ class ExecutionRunner:
         request = validated.request
         kind, runtime = self.place(validated)
         key = f"{kind.value}/{runtime}"
+        if validated.output_repo:
+            if self._committer is None:
+                raise InvalidRequest("output_repo", "artifacts are not enabled on this server")
+            self._committer.check_repo(validated.output_repo, validated.output_branch)
         with self._facet(request.facet, request.limits.timeout_s) as facet_dir:
             if isinstance(facet_dir, ExecutionResult):
                 return self._finish(validated, facet_dir, kind, runtime, False,
@@ -143,13 +151,7 @@ class ExecutionRunner:
     ) -> ExecutionOutcome:
         commit = ""
         if validated.output_repo and self._committer is not None and result.status is Status.OK:
-            files = {f.path: f.content for f in result.files if not f.error and not f.truncated}
-            commit = self._committer.commit_outputs(
-                validated.output_repo,
-                validated.output_branch,
-                files,
-                f"Output of execution {validated.request.execution_id}",
-            )
+            result, commit = self._commit_outputs(validated, result, self._committer)
         timings.total_us = _us(time.perf_counter() - arrival)
         log.info(
             "execution %s kind=%s runtime=%s status=%s exit=%d hit=%s queued_us=%d "
@@ -159,6 +161,30 @@ class ExecutionRunner:
             timings.total_us,
         )
         return ExecutionOutcome(result, kind, runtime, hit, timings, commit)
+
+
+    @staticmethod
+    def _commit_outputs(
+        validated: ValidatedExecute, result: ExecutionResult, committer: OutputCommitter
+    ) -> tuple[ExecutionResult, str]:
+        """Commit the complete output files; a refusal is reported in the result's message."""
+        files = {f.path: f.content for f in result.files if not f.error and not f.truncated}
+        skipped = [f.path for f in result.files if f.error or f.truncated]
+        try:
+            commit = committer.commit_outputs(
+                validated.output_repo,
+                validated.output_branch,
+                files,
+                f"Output of execution {validated.request.execution_id}",
+            )
+        except ValueError as exc:
+            return result.model_copy(
+                update={"message": f"output files were not committed: {exc}"}), ""
+        if skipped:
+            note = "not committed (missing, not a regular file or truncated): " + ", ".join(
+                skipped)
+            result = result.model_copy(update={"message": note})
+        return result, commit
 
 
 @contextlib.contextmanager

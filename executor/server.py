@@ -42,6 +42,7 @@ class Server:
     metrics: Metrics = field(default_factory=Metrics)
     port: int = 0
     metrics_port: int | None = None
+    git_port: int | None = None
     pool: WarmPool | None = None
     _grpc: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
@@ -54,6 +55,7 @@ class Server:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         setup = await asyncio.to_thread(isolate_setup.build, s)
         self._closers.extend(setup.closers)
+        self.git_port = setup.git_port
         self.pool = WarmPool(
             setup.factories,
             PoolConfig(targets=setup.pool_targets, default_target=0,
@@ -127,8 +129,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    extras = [f"metrics on :{server.metrics_port}" if server.metrics_port else "",
+              f"git on :{server.git_port}" if server.git_port else ""]
     print(f"sandboxd serving on {settings.host}:{server.port}"
-          + (f", metrics on :{server.metrics_port}" if server.metrics_port else ""), flush=True)
+          + "".join(f", {extra}" for extra in extras if extra), flush=True)
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", settings.grace_period_s)
     await server.stop()

@@ -1,17 +1,26 @@
 """sandboxd: secure code execution for AI agents.
 
-from sandboxd import Client
+    from sandboxd import Client
 
-with Client("localhost:50051") as client:
-execution = client.run_code("print(6 * 7)")
-print(execution.stdout, execution.status)
+    with Client("localhost:50051") as client:
+        execution = client.run_code("print(6 * 7)")
+        print(execution.stdout, execution.status)
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
+from sandboxd._artifacts import (
+    ArtifactCommit,
+    ArtifactFileChange,
+    Artifacts,
+    ArtifactTreeEntry,
+    AsyncArtifacts,
+    Repo,
+)
 from sandboxd._client import DEFAULT_TARGET, AsyncClient, Client
 from sandboxd._errors import (
     AlreadyExistsError,
+    ConflictError,
     DeadlineExceededError,
     FieldViolation,
     InternalError,
@@ -22,6 +31,7 @@ from sandboxd._errors import (
     SandboxdError,
     UnavailableError,
 )
+from sandboxd._facets import AsyncFacets, FacetInfo, Facets, QueryResult
 from sandboxd._models import Execution, IsolateInfo, OutputFile, Timings
 
 try:
@@ -32,10 +42,19 @@ except PackageNotFoundError:  # running from a source tree without installing
 __all__ = [
     "DEFAULT_TARGET",
     "AlreadyExistsError",
+    "ArtifactCommit",
+    "ArtifactFileChange",
+    "ArtifactTreeEntry",
+    "Artifacts",
+    "AsyncArtifacts",
     "AsyncClient",
+    "AsyncFacets",
     "Client",
+    "ConflictError",
     "DeadlineExceededError",
     "Execution",
+    "FacetInfo",
+    "Facets",
     "FieldViolation",
     "InternalError",
     "InvalidArgumentError",
@@ -43,6 +62,8 @@ __all__ = [
     "NotFoundError",
     "OutputFile",
     "PermissionDeniedError",
+    "QueryResult",
+    "Repo",
     "ResourceExhaustedError",
     "SandboxdError",
     "Timings",

@@ -7,6 +7,7 @@ for requests sandboxd refused or could not serve. The tree:
     ├── InvalidArgumentError     a request field is invalid (see `.field_violations`)
     ├── NotFoundError            the named repo, facet or sandbox does not exist
     ├── AlreadyExistsError
+    ├── ConflictError            e.g. a branch moved during a commit; retry
     ├── PermissionDeniedError    e.g. SQL denied by a facet's authorizer
     ├── ResourceExhaustedError   the server is overloaded (see `.retry_after`)
     ├── DeadlineExceededError    the call's deadline passed before an answer
@@ -22,6 +23,7 @@ from grpc_status import rpc_status
 
 __all__ = [
     "AlreadyExistsError",
+    "ConflictError",
     "DeadlineExceededError",
     "FieldViolation",
     "InternalError",
@@ -82,6 +84,10 @@ class AlreadyExistsError(SandboxdError):
     """An object of that name already exists."""
 
 
+class ConflictError(SandboxdError):
+    """A concurrent change won (e.g. a branch moved during a commit); retry."""
+
+
 class PermissionDeniedError(SandboxdError):
     """The operation is not allowed (missing token, denied SQL...)."""
 
@@ -111,6 +117,7 @@ class InternalError(SandboxdError):
 _BY_CODE: dict[grpc.StatusCode, type[SandboxdError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.ABORTED: ConflictError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAUTHENTICATED: PermissionDeniedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
