@@ -1,10 +1,8 @@
 """sandboxd: secure code execution for AI agents.
 
-    from sandboxd import Client
-
-    with Client("localhost:50051") as client:
-        execution = client.run_code("print(6 * 7)")
-        print(execution.stdout, execution.status)
+Start with `Client("localhost:50051").run_code("print(6 * 7)")`, which returns an `Execution`;
+`AsyncClient` mirrors it for asyncio. `client.artifacts` and `client.facets` reach the artifact
+store and the facet databases. Every exception derives from `SandboxdError`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
