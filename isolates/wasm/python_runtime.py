@@ -10,7 +10,9 @@ directory (at /workspace, also the working directory), the standard library read
 
 Output is captured inside the guest (see guest/app.py) and streamed to the host's `write`
 import as it is produced (chunks of up to 64 KiB, at least every 50 ms while the program
-writes), so `on_output` sees it live; the kept bytes are bounded by the output cap.
+writes, and on every explicit flush), so `on_output` sees it live; what is still pending when
+the code ends comes back with `run`'s result and reaches `on_output` then. The kept bytes are
+bounded by the output cap.
 """
 
 from __future__ import annotations
@@ -262,8 +264,15 @@ class PythonIsolate(Isolate):
         finally:
             _current.capture = None
             watch.deadline = float("inf")
-        # "<ending> <exit-code> <stdout-total> <stderr-total> <message>" (guest/wit/world.wit)
-        kind, exit_text, out_total, err_total, message = str(outcome).split(" ", 4)
+        # "<ending> <exit> <out-total> <err-total> <out-tail-len> <err-tail-len>\n<out-tail>
+        # <err-tail><message>" (guest/wit/world.wit)
+        header, rest = str(outcome).split("\n", 1)
+        kind, exit_text, out_total, err_total, out_len, err_len = header.split(" ")
+        out_end = int(out_len)
+        err_end = out_end + int(err_len)
+        capture.add(1, rest[:out_end].encode("latin-1", "replace"), counted=False)
+        capture.add(2, rest[out_end:err_end].encode("latin-1", "replace"), counted=False)
+        message = rest[err_end:]
         capture.set_total(1, int(out_total))
         capture.set_total(2, int(err_total))
         exit_code = int(exit_text)

@@ -10,7 +10,8 @@ At run time the host calls `prepare()` once when the isolate is created (reseedi
 memory) and `run(request)` once per isolate. Output is captured here, inside the guest: each
 stream keeps at most `output_cap` bytes and counts the total, delivering the kept bytes to the
 host's `write` import as they are produced; passing the cap calls the host's `overflow` import,
-which stops the guest for good.
+which stops the guest for good. What is still pending when the code ends returns with the
+result of `run`.
 """
 
 import gc
@@ -33,6 +34,7 @@ _SKIP_IMPORT = {"antigravity", "this", "__main__", "__hello__", "__phello__", "i
                 "webbrowser", "lib2to3"}
 _CWD = "/workspace"
 """The scratch directory's guest path (isolates/wasm/common.py GUEST_CWD)."""
+_WARM_UP = "import sys\nprint('warm', 1)\nsys.stderr.write('warm\\n')\n"
 _FILENAME = "<string>"
 """The user's code shows in tracebacks as it does for `python -c`."""
 _FLUSH_BYTES = 64 * 1024
@@ -137,6 +139,11 @@ class _Sink:
             raise _OutputOverflow()
         if len(self.pending) >= _FLUSH_BYTES or time.monotonic() - self.last_flush > _FLUSH_SECONDS:
             self.flush()
+
+    def take_pending(self) -> str:
+        data = self.pending.decode("latin-1")
+        self.pending.clear()
+        return data
 
     def flush(self) -> None:
         if self.pending:
@@ -250,14 +257,19 @@ class WitWorld(wit_world.WitWorld):
         os.environ.clear()
         os.chdir(_CWD)
         tempfile.tempdir = _CWD
-        # Walk the request path once so its pages are touched before the isolate is pooled.
-        self.run("pass", "", [], [], _CWD, 0)
+        # Walk the request path once, printing included, so that its pages are touched before
+        # the isolate is pooled (a first touch of a snapshot page costs a copy).
+        self.run(_WARM_UP, "", [], [], _CWD, 1 << 20)
 
     def run(
         self, code: str, stdin: str, env: list[str], argv: list[str], cwd: str, output_cap: int
     ) -> str:
         out, err = _OUT, _ERR
-        out.cap = err.cap = output_cap
+        for sink in (out, err):
+            sink.cap = output_cap
+            sink.total = sink.kept = 0
+            sink.pending.clear()
+            sink.last_flush = time.monotonic()
         if stdin:
             sys.stdin = io.TextIOWrapper(
                 io.BytesIO(stdin.encode("latin-1")), encoding="utf-8", errors="replace"
@@ -296,13 +308,17 @@ class WitWorld(wit_world.WitWorld):
             message = f"{type(exc).__name__}: {exc}"[:1000]
             _safe_write(sys.stderr, _safe_format(exc))
         for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:  # noqa: BLE001 - user code may have replaced the stream
-                pass
-        out.flush()
-        err.flush()
-        return f"{ending} {exit_code} {out.total} {err.total} {message}"
+            if not isinstance(stream, _TextStream):
+                try:
+                    stream.flush()  # the user's own wrapper may hold buffered output
+                except BaseException:  # noqa: BLE001
+                    pass
+        # What is still pending travels back in the result: a host call per stream would cost
+        # more than the whole rest of a small execution.
+        out_tail = out.take_pending()
+        err_tail = err.take_pending()
+        header = f"{ending} {exit_code} {out.total} {err.total} {len(out_tail)} {len(err_tail)}"
+        return f"{header}\n{out_tail}{err_tail}{message}"
 
 
 def _safe_format(exc: BaseException) -> str:
