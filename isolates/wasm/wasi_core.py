@@ -1,22 +1,26 @@
-"""WASI preview 1 for core modules (QuickJS and raw WASI modules), with two host overrides.
+"""WASI preview 1 for core modules (QuickJS and raw WASI modules), with three host overrides.
 
-wasmtime's own WASI implementation serves every call except two, which this module shadows
-with host functions written in Python (which stop the guest through the watchdog, never by raising):
+wasmtime's own WASI implementation serves every call except three, which this module shadows
+with host functions written in Python:
 
 - `fd_write` on fds 1 and 2: the bytes go to the execution's `OutputCapture` (capped, counted,
   streamed to `on_output` as written), never to a file or a pipe. Passing the cap stops the
-  guest at once. Writes to other fds go to wasmtime's implementation.
+  guest at the next epoch tick; writes after that fail with EIO and are not counted. Writes to
+  other fds go to wasmtime's implementation (through a shim, see `bind_originals`).
+- `fd_read` on fd 0: the request's stdin bytes, set per run (the WASI context is fixed when
+  the isolate is created, before the request is known).
 - `poll_oneoff` with relative clock subscriptions only (sleeps, timers): the host sleeps in
   short slices and checks the execution's deadline and cancellation between them. wasmtime's
   own sleep blocks inside the host call, where epoch interruption cannot reach, so
   `sleep(1e9)` would hold a worker thread forever. Subscriptions on fds are answered as ready
   at once (stdin and files never block); absolute-time clock subscriptions go to wasmtime.
 
-- `fd_read` on fd 0: the request's stdin bytes, set per run (the WASI context is fixed when
-  the isolate is created, before the request is known).
+The overrides never raise to stop a guest: wasmtime-py parks an exception raised by a host
+function in a process-wide slot, where a concurrent call on another thread could pick it up.
+They mark the execution's `Watch` instead, and the watchdog traps the guest at the next tick.
 
-`WasiConfig.stdout_custom` is not used: its callbacks run on wasmtime's
-own threads and panic at exit.
+`WasiConfig.stdout_custom` is not used: its callbacks run on wasmtime's own threads and panic
+at exit.
 
 The host functions are shared by every store of the Linker; they find the running execution
 through a thread-local, since a host call always runs on the thread that called into the guest.
@@ -207,9 +211,7 @@ def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread: 
 
 
 def _stop(ctx: CoreContext, reason: str) -> None:
-    # Host functions never raise to stop the guest: wasmtime-py parks a raised exception in a
-    # process-wide slot that a concurrent call on another thread could pick up. The watchdog
-    # traps the guest at the next epoch tick instead.
+    # See the module docstring: mark the watch, the watchdog traps at the next tick.
     ctx.watch.reason = ctx.watch.reason or reason
     ctx.watch.stop_now = True
 
