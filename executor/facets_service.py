@@ -1,4 +1,4 @@
-"""The Facets gRPC service: host-side Query, List, Export, Import and Delete of facets.
+"""The Facets gRPC service: host-side Query, List, Export, Import, Delete and ExportToRepo.
 
 Translates between proto/sandboxd/v1/facets.proto and `isolates.facets.FacetStore`; all policy
 (grants, the SQL guard, import validation) lives in the store. Every call that touches a
@@ -10,13 +10,21 @@ Error mapping: invalid names, SQL and parameters -> INVALID_ARGUMENT with a BadR
 the field; denied SQL -> PERMISSION_DENIED; over-budget statements -> RESOURCE_EXHAUSTED
 (reason "QUERY_BUDGET_EXCEEDED"); unknown facet -> NOT_FOUND; import onto an existing facet
 without `replace` -> ALREADY_EXISTS; a damaged database file -> DATA_LOSS.
+
+ExportToRepo commits a snapshot of a facet to an artifacts repo. isolates/ never imports
+artifacts/, and this module does not either: the composition root (isolate_setup.py) passes a
+`RepoFileCommitter` (executor/output_commits.py implements it over the artifact store), which
+reports its refusals with the `ExportTarget*` errors below. Unknown repo -> NOT_FOUND naming the
+repo; bad repo, path, branch or message -> INVALID_ARGUMENT naming the field; a branch that
+moved during the commit -> ABORTED.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
-from typing import NoReturn
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn, Protocol
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -43,7 +51,16 @@ from isolates.facets import (
 from sandboxd.v1 import facets_pb2 as pb
 from sandboxd.v1 import facets_pb2_grpc
 
-__all__ = ["SERVICE_NAME", "FacetsService", "add_to_server"]
+__all__ = [
+    "SERVICE_NAME",
+    "ExportTargetConflict",
+    "ExportTargetError",
+    "ExportTargetInvalid",
+    "ExportTargetMissing",
+    "FacetsService",
+    "RepoFileCommitter",
+    "add_to_server",
+]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Facets"].full_name
 _ERROR_DOMAIN = "sandboxd"
@@ -59,6 +76,47 @@ class _BadField(Exception):
         super().__init__(f"{field} {description}")
         self.field = field
         self.description = description
+
+
+class ExportTargetError(Exception):
+    """The repo side of ExportToRepo refused; `field` names the request field at fault."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+class ExportTargetInvalid(ExportTargetError):
+    """A repo name, path, branch or message that the artifact store does not accept."""
+
+
+class ExportTargetMissing(ExportTargetError):
+    """The repo does not exist."""
+
+
+class ExportTargetConflict(ExportTargetError):
+    """The branch moved while the commit was being made; retrying is safe."""
+
+
+class RepoFileCommitter(Protocol):
+    """Commits one file to an artifacts repo (the composition root provides it).
+
+    Both methods block; the servicer calls them in worker threads. They raise the
+    `ExportTarget*` errors for the caller's mistakes and let anything else propagate.
+    """
+
+    def check_file_target(self, repo: str, path: str, branch: str, message: str) -> None:
+        """Raise ExportTargetInvalid or ExportTargetMissing when the commit could not be made."""
+
+    def commit_file(
+        self, repo: str, path: str, branch: str, message: str, write: Callable[[Path], int]
+    ) -> str:
+        """Commit the file that `write(dest)` produces at `path` and return the commit id.
+
+        `write` receives a fresh path in a private spool directory, writes the file there and
+        returns its size; the spool is removed afterwards. Errors of `write` propagate.
+        """
 
 
 def value_from_proto(value: pb.FacetValue) -> SqlValue:
@@ -105,11 +163,20 @@ class FacetsService(facets_pb2_grpc.FacetsServicer):
     Args:
         store: the node's facet store.
         max_wait_s: the longest a call waits for a busy facet, whatever its deadline.
+        repo_committer: commits exports to artifacts repos; None answers ExportToRepo with
+            UNIMPLEMENTED (a node without an artifact store).
     """
 
-    def __init__(self, store: FacetStore, *, max_wait_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: FacetStore,
+        *,
+        max_wait_s: float = 30.0,
+        repo_committer: RepoFileCommitter | None = None,
+    ) -> None:
         self._store = store
         self._max_wait_s = max_wait_s
+        self._repo_committer = repo_committer
 
     def _wait(self, context: grpc.aio.ServicerContext) -> float:
         remaining: float | None = context.time_remaining()
@@ -243,6 +310,59 @@ class FacetsService(facets_pb2_grpc.FacetsServicer):
             await _abort_facet_error(context, error)
         return pb.DeleteFacetResponse()
 
+    async def ExportToRepo(
+        self, request: pb.ExportFacetToRepoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExportFacetToRepoResponse:
+        """Commit a consistent copy of a facet's database file to a branch of a repo."""
+        committer = self._repo_committer
+        if committer is None:
+            await abort_status(
+                context, code_pb2.UNIMPLEMENTED, "this server has no artifact store to export to"
+            )
+        violations = _facet_violations(request.facet)
+        if not request.repo:
+            violations.append(("repo", "is required"))
+        if violations:
+            await abort_invalid(context, violations)
+        name = request.facet
+        path = request.path or f"{name}.sqlite"
+        branch = request.branch or "main"
+        message = request.message or f"Export facet {name}"
+        wait = self._wait(context)
+        size = 0
+
+        def write(dest: Path) -> int:
+            # Runs in the committer's worker thread; the grant is held only for the snapshot
+            # (SQLite's backup API), not while the artifact store hashes and packs the copy.
+            nonlocal size
+            size = self._store.export_to(name, dest, timeout=wait)
+            return size
+
+        try:
+            # Check the target before the snapshot: a typo in the repo costs no grant.
+            await asyncio.to_thread(
+                committer.check_file_target, request.repo, path, branch, message
+            )
+            commit_id = await asyncio.to_thread(
+                committer.commit_file, request.repo, path, branch, message, write
+            )
+        except ExportTargetError as error:
+            await _abort_target_error(context, error)
+        except FacetError as error:
+            await _abort_facet_error(context, error)
+        return pb.ExportFacetToRepoResponse(commit_id=commit_id, size_bytes=size, path=path)
+
+
+async def _abort_target_error(
+    context: grpc.aio.ServicerContext, error: ExportTargetError
+) -> NoReturn:
+    """Abort the call with the status that matches a refusal of the repo side."""
+    if isinstance(error, ExportTargetMissing):
+        await abort_status(context, code_pb2.NOT_FOUND, f"{error.field}: {error.reason}")
+    if isinstance(error, ExportTargetConflict):
+        await abort_status(context, code_pb2.ABORTED, f"{error.field}: {error.reason}")
+    await abort_invalid(context, [(error.field, error.reason)])
+
 
 def _facet_violations(name: str) -> list[tuple[str, str]]:
     reason = validate_facet_name(name)
@@ -287,18 +407,25 @@ async def _abort_facet_error(context: grpc.aio.ServicerContext, error: FacetErro
     await abort_status(context, code_pb2.INTERNAL, f"facet store error: {message}")
 
 
-def add_to_server(server: grpc.aio.Server, store: FacetStore, *, max_wait_s: float = 30.0) -> str:
+def add_to_server(
+    server: grpc.aio.Server,
+    store: FacetStore,
+    *,
+    max_wait_s: float = 30.0,
+    repo_committer: RepoFileCommitter | None = None,
+) -> str:
     """Register the Facets service on `server`.
 
     Args:
         server: the grpc.aio server, not started yet.
         store: the node's facet store (the same one the executor takes grants from).
         max_wait_s: the longest a call waits for a busy facet.
+        repo_committer: what ExportToRepo commits through; None disables that call.
 
     Returns:
         The service's full name (for reflection and health).
     """
     facets_pb2_grpc.add_FacetsServicer_to_server(
-        FacetsService(store, max_wait_s=max_wait_s), server
+        FacetsService(store, max_wait_s=max_wait_s, repo_committer=repo_committer), server
     )
     return SERVICE_NAME

@@ -60,8 +60,13 @@ def build(settings: Settings) -> Setup:
     )
     facet_store = FacetStore(data_dir, guest_owner=guest_owner)
     setup.facets = facet_store
-    setup.grpc_services.append(lambda server: facets_service.add_to_server(server, facet_store))
     _add_artifacts(setup, settings, data_dir)
+    # ExportToRepo commits through the artifact store's adapter, built by _add_artifacts; the
+    # facet store itself never sees artifacts/.
+    exports = setup.committer if isinstance(setup.committer, ArtifactOutputs) else None
+    setup.grpc_services.append(
+        lambda server: facets_service.add_to_server(server, facet_store, repo_committer=exports)
+    )
     return setup
 
 

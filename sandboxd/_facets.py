@@ -9,11 +9,13 @@ other and share the request building and result decoding below.
         ...
     data = client.facets.export("todo")          # the database file, a consistent copy
     client.facets.import_("todo-copy", data)     # validated on the server
+    commit = client.facets.export_to_repo("todo", "backups")  # todo.sqlite on backups@main
 
 Errors are `sandboxd.SandboxdError` subclasses: `InvalidArgumentError` (bad name, SQL or
 parameters; `field_violations` names the field), `NotFoundError`, `PermissionDeniedError`
 (SQL denied: ATTACH, extensions, forbidden pragmas), `ResourceExhaustedError` (the facet stayed
-busy with executions, or the statement ran past its time budget), `AlreadyExistsError`.
+busy with executions, or the statement ran past its time budget), `AlreadyExistsError`,
+`ConflictError` (export_to_repo: the branch moved meanwhile; retry).
 """
 
 from __future__ import annotations
@@ -182,6 +184,15 @@ def _chunks_of(data: DataSource) -> Iterator[bytes]:
         yield chunk
 
 
+def _export_to_repo_request(
+    name: str, repo: str, path: str | None, branch: str, message: str | None
+) -> pb.ExportFacetToRepoRequest:
+    # Empty fields take the server's defaults: "<name>.sqlite" and "Export facet <name>".
+    return pb.ExportFacetToRepoRequest(
+        facet=name, repo=repo, path=path or "", branch=branch, message=message or ""
+    )
+
+
 def _import_requests(name: str, data: DataSource, replace: bool) -> Iterator[pb.ImportFacetRequest]:
     yield pb.ImportFacetRequest(facet=name, replace=replace)
     for chunk in _chunks_of(data):
@@ -277,6 +288,43 @@ class Facets:
         finally:
             partial.unlink(missing_ok=True)
         return written
+
+    def export_to_repo(
+        self,
+        name: str,
+        repo: str,
+        path: str | None = None,
+        branch: str = "main",
+        message: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> str:
+        """Commit a consistent copy of facet `name`'s database file to an artifacts repo.
+
+        The file is laid over the head of `branch`: other files there stay as they are.
+
+        Args:
+            name: the facet.
+            repo: an existing artifacts repo.
+            path: the file's path in the repo (None: ``"<name>.sqlite"``).
+            branch: the branch to advance (created when missing).
+            message: the commit message (None: ``"Export facet <name>"``).
+            timeout: the call's deadline in seconds, including waiting for a busy facet.
+
+        Returns:
+            The new commit's id; read the file back with ``client.artifacts.read(repo, path)``.
+
+        Raises:
+            NotFoundError: no such facet or repo (the message says which).
+            InvalidArgumentError: a bad name, path, branch or message (`field_violations`).
+            ConflictError: the branch moved during the commit; retrying is safe.
+        """
+        request = _export_to_repo_request(name, repo, path, branch, message)
+        try:
+            response = self._stub.ExportToRepo(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return str(response.commit_id)
 
     def import_(
         self, name: str, data: DataSource, *, replace: bool = False, timeout: float | None = None
@@ -377,6 +425,24 @@ class AsyncFacets:
         finally:
             partial.unlink(missing_ok=True)
         return written
+
+    async def export_to_repo(
+        self,
+        name: str,
+        repo: str,
+        path: str | None = None,
+        branch: str = "main",
+        message: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> str:
+        """Commit a copy of facet `name` to an artifacts repo (see `Facets.export_to_repo`)."""
+        request = _export_to_repo_request(name, repo, path, branch, message)
+        try:
+            response = await self._stub.ExportToRepo(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return str(response.commit_id)
 
     async def import_(
         self, name: str, data: DataSource, *, replace: bool = False, timeout: float | None = None

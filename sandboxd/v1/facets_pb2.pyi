@@ -382,3 +382,70 @@ class DeleteFacetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteFacetResponse: _TypeAlias = DeleteFacetResponse  # noqa: Y015
+
+@_typing.final
+class ExportFacetToRepoRequest(_message.Message):
+    """Commit a consistent copy of a facet's database file (SQLite backup API) to an artifacts repo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FACET_FIELD_NUMBER: _builtins.int
+    REPO_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    facet: _builtins.str
+    repo: _builtins.str
+    """The artifacts repo that receives the commit; it must exist (NOT_FOUND otherwise)."""
+    path: _builtins.str
+    """Where the file lands in the repo's tree; empty means "<facet>.sqlite". Other files of the
+    branch stay as they are.
+    """
+    branch: _builtins.str
+    """The branch to advance (created when missing); empty means "main"."""
+    message: _builtins.str
+    """The commit message; empty means "Export facet <facet>"."""
+    def __init__(
+        self,
+        *,
+        facet: _builtins.str = ...,
+        repo: _builtins.str = ...,
+        path: _builtins.str = ...,
+        branch: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "facet", b"facet", "message", b"message", "path", b"path", "repo", b"repo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportFacetToRepoRequest: _TypeAlias = ExportFacetToRepoRequest  # noqa: Y015
+
+@_typing.final
+class ExportFacetToRepoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMIT_ID_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    commit_id: _builtins.str
+    """The new commit's id (40 hex digits)."""
+    size_bytes: _builtins.int
+    """Size of the committed database file."""
+    path: _builtins.str
+    """The path the file was committed at (the default filled in)."""
+    def __init__(
+        self,
+        *,
+        commit_id: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_id", b"commit_id", "path", b"path", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportFacetToRepoResponse: _TypeAlias = ExportFacetToRepoResponse  # noqa: Y015

@@ -60,6 +60,11 @@ class FacetsStub:
                 request_serializer=sandboxd_dot_v1_dot_facets__pb2.DeleteFacetRequest.SerializeToString,
                 response_deserializer=sandboxd_dot_v1_dot_facets__pb2.DeleteFacetResponse.FromString,
                 _registered_method=True)
+        self.ExportToRepo = channel.unary_unary(
+                '/sandboxd.v1.Facets/ExportToRepo',
+                request_serializer=sandboxd_dot_v1_dot_facets__pb2.ExportFacetToRepoRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_facets__pb2.ExportFacetToRepoResponse.FromString,
+                _registered_method=True)
 
 
 class FacetsServicer:
@@ -100,6 +105,15 @@ class FacetsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportToRepo(self, request, context):
+        """Commits a consistent copy of the database file to a branch of an artifacts repo. Unknown
+        facet or repo -> NOT_FOUND; bad names, paths, branches or messages -> INVALID_ARGUMENT
+        with a BadRequest naming the field; the branch moved meanwhile -> ABORTED (retry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FacetsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +141,11 @@ def add_FacetsServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=sandboxd_dot_v1_dot_facets__pb2.DeleteFacetRequest.FromString,
                     response_serializer=sandboxd_dot_v1_dot_facets__pb2.DeleteFacetResponse.SerializeToString,
+            ),
+            'ExportToRepo': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportToRepo,
+                    request_deserializer=sandboxd_dot_v1_dot_facets__pb2.ExportFacetToRepoRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_facets__pb2.ExportFacetToRepoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +283,33 @@ class Facets:
             '/sandboxd.v1.Facets/Delete',
             sandboxd_dot_v1_dot_facets__pb2.DeleteFacetRequest.SerializeToString,
             sandboxd_dot_v1_dot_facets__pb2.DeleteFacetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportToRepo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.v1.Facets/ExportToRepo',
+            sandboxd_dot_v1_dot_facets__pb2.ExportFacetToRepoRequest.SerializeToString,
+            sandboxd_dot_v1_dot_facets__pb2.ExportFacetToRepoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class FacetsStub:
     """Uploads a database file; it is validated (PRAGMA quick_check) before it is installed."""
     Delete: _grpc.UnaryUnaryMultiCallable[_facets_pb2.DeleteFacetRequest, _facets_pb2.DeleteFacetResponse]
     """Deletes a facet once no execution holds it."""
+    ExportToRepo: _grpc.UnaryUnaryMultiCallable[_facets_pb2.ExportFacetToRepoRequest, _facets_pb2.ExportFacetToRepoResponse]
+    """Commits a consistent copy of the database file to a branch of an artifacts repo. Unknown
+    facet or repo -> NOT_FOUND; bad names, paths, branches or messages -> INVALID_ARGUMENT
+    with a BadRequest naming the field; the branch moved meanwhile -> ABORTED (retry).
+    """
 
 @_typing.type_check_only
 class FacetsAsyncStub(FacetsStub):
@@ -62,6 +67,11 @@ class FacetsAsyncStub(FacetsStub):
     """Uploads a database file; it is validated (PRAGMA quick_check) before it is installed."""
     Delete: _aio.UnaryUnaryMultiCallable[_facets_pb2.DeleteFacetRequest, _facets_pb2.DeleteFacetResponse]  # type: ignore[assignment]
     """Deletes a facet once no execution holds it."""
+    ExportToRepo: _aio.UnaryUnaryMultiCallable[_facets_pb2.ExportFacetToRepoRequest, _facets_pb2.ExportFacetToRepoResponse]  # type: ignore[assignment]
+    """Commits a consistent copy of the database file to a branch of an artifacts repo. Unknown
+    facet or repo -> NOT_FOUND; bad names, paths, branches or messages -> INVALID_ARGUMENT
+    with a BadRequest naming the field; the branch moved meanwhile -> ABORTED (retry).
+    """
 
 class FacetsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -103,5 +113,16 @@ class FacetsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_facets_pb2.DeleteFacetResponse, _abc.Awaitable[_facets_pb2.DeleteFacetResponse]]:
         """Deletes a facet once no execution holds it."""
+
+    @_abc_1.abstractmethod
+    def ExportToRepo(
+        self,
+        request: _facets_pb2.ExportFacetToRepoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_facets_pb2.ExportFacetToRepoResponse, _abc.Awaitable[_facets_pb2.ExportFacetToRepoResponse]]:
+        """Commits a consistent copy of the database file to a branch of an artifacts repo. Unknown
+        facet or repo -> NOT_FOUND; bad names, paths, branches or messages -> INVALID_ARGUMENT
+        with a BadRequest naming the field; the branch moved meanwhile -> ABORTED (retry).
+        """
 
 def add_FacetsServicer_to_server(servicer: FacetsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
