@@ -285,7 +285,13 @@ class PythonIsolate(Isolate):
         return Ending(Status.ERROR, exit_code or 1, message)
 
     def destroy(self) -> None:
-        """Drop the store and delete the scratch directory. Idempotent."""
+        """Drop the store and delete the scratch directory. Idempotent.
+
+        A guest still running on another thread is stopped at the next epoch tick.
+        """
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.cancelled = True
         self._run_func = None
         self._store = None
         if self._scratch is not None:

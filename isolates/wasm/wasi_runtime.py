@@ -327,7 +327,13 @@ class WasiIsolate(Isolate):
         return decided or Ending(Status.OK, 0)
 
     def destroy(self) -> None:
-        """Drop the store and delete the scratch directory. Idempotent."""
+        """Drop the store and delete the scratch directory. Idempotent.
+
+        A guest still running on another thread is stopped at the next epoch tick.
+        """
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.cancelled = True
         self._store = None
         if self._scratch is not None:
             self._scratch.remove()

@@ -352,3 +352,23 @@ def test_every_pure_python_stdlib_module_imports(factory: PythonFactory) -> None
     # Only modules that need a missing C extension fail, and only for that reason.
     assert set(missing.values()) <= NATIVE, missing
     assert "json" not in missing and "sqlite3" not in missing
+
+
+def test_destroy_stops_a_running_isolate(factory: PythonFactory) -> None:
+    isolate = factory.create()
+    started = threading.Event()
+    holder: list[ExecutionResult] = []
+    request = ExecutionRequest(
+        execution_id="t",
+        language=Language.PYTHON,
+        code="print('go', flush=True)\nwhile True: pass",
+        limits=Limits(timeout_s=60),
+    )
+    worker = threading.Thread(
+        target=lambda: holder.append(isolate.run(request, on_output=lambda s, c: started.set()))
+    )
+    worker.start()
+    assert started.wait(30)
+    isolate.destroy()
+    worker.join(30)
+    assert not worker.is_alive() and holder[0].status is Status.CANCELLED
