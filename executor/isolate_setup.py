@@ -24,6 +24,7 @@ from isolates.facets import FacetStore
 from isolates.jail import JailFactory, JailSettings, JailUnavailableError, reap_stale_jails
 from isolates.wasm.javascript_runtime import JavaScriptFactory
 from isolates.wasm.python_runtime import PythonFactory
+from isolates.wasm.wasi_runtime import WasiFactory
 
 __all__ = ["Setup", "build"]
 
@@ -93,7 +94,11 @@ def _add_artifacts(setup: Setup, settings: Settings, data_dir: Path) -> None:
 def _add_wasm(setup: Setup, settings: Settings, data_dir: Path) -> None:
     python = PythonFactory(data_dir)
     javascript = JavaScriptFactory(data_dir)
-    setup.factories += [python, javascript]
+    # Raw WASI modules arrive with each request, so that runtime keeps no warm isolates;
+    # its compiled modules are cached by content hash instead.
+    wasi = WasiFactory(data_dir)
+    setup.factories += [python, javascript, wasi]
+    setup.pool_targets[wasi.key] = 0
     setup.pool_targets[python.key] = settings.pool_wasm_python
     setup.pool_targets[javascript.key] = settings.pool_wasm_javascript
 

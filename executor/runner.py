@@ -109,6 +109,7 @@ class ExecutionRunner:
             if self._committer is None:
                 raise InvalidRequest("output_repo", "artifacts are not enabled on this server")
             self._committer.check_repo(validated.output_repo, validated.output_branch)
+        self._pool.factory(key).check(request)
         with self._facet(request.facet, request.limits.timeout_s) as facet_dir:
             if isinstance(facet_dir, ExecutionResult):
                 return self._finish(validated, facet_dir, kind, runtime, False,

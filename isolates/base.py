@@ -255,5 +255,12 @@ class IsolateFactory(ABC):
                 WASI preopens and jail mounts are fixed when the isolate is created.
         """
 
+    def check(self, request: ExecutionRequest) -> None:  # noqa: B027 - optional hook
+        """Refuse a request this runtime cannot run, before an isolate is spent on it.
+
+        Raises:
+            InvalidRequest: naming the field at fault.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources (engines, caches) at shutdown."""

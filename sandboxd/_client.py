@@ -50,7 +50,7 @@ _CHANNEL_OPTIONS = [
 ]
 
 OutputCallback = Callable[[str], Any]
-FilesArg = Mapping[str, bytes | str] | None
+FilesArg = Mapping[str, bytes | bytearray | memoryview | str] | None
 
 
 def _build_request(
@@ -66,7 +66,7 @@ def _build_request(
     output_limit: int | None,
     output_paths: Sequence[str] | None,
     argv: Sequence[str] | None,
-    module: bytes | None,
+    module: bytes | bytearray | None,
     facet: str | None,
     output_repo: str | None,
     output_branch: str | None,
@@ -81,12 +81,13 @@ def _build_request(
     return pb.ExecuteRequest(
         language=_LANGUAGES[language],
         code=code,
-        module=module or b"",
+        module=bytes(module) if module else b"",
         argv=list(argv or ()),
         stdin=stdin.encode() if isinstance(stdin, str) else (stdin or b""),
         env=dict(env or {}),
         files=[
-            pb.File(path=path, content=content.encode() if isinstance(content, str) else content)
+            pb.File(path=path,
+                    content=content.encode() if isinstance(content, str) else bytes(content))
             for path, content in (files or {}).items()
         ],
         isolate=_ISOLATES[isolate],
@@ -146,7 +147,7 @@ class Client:
         output_limit: int | None = None,
         output_paths: Sequence[str] | None = None,
         argv: Sequence[str] | None = None,
-        module: bytes | None = None,
+        module: bytes | bytearray | None = None,
         facet: str | None = None,
         output_repo: str | None = None,
         output_branch: str | None = None,
@@ -271,7 +272,7 @@ class AsyncClient:
         output_limit: int | None = None,
         output_paths: Sequence[str] | None = None,
         argv: Sequence[str] | None = None,
-        module: bytes | None = None,
+        module: bytes | bytearray | None = None,
         facet: str | None = None,
         output_repo: str | None = None,
         output_branch: str | None = None,

@@ -28,6 +28,7 @@ from isolates.base import (
     CancelToken,
     ExecutionRequest,
     ExecutionResult,
+    InvalidRequest,
     Isolate,
     IsolateFactory,
     IsolateKind,
@@ -213,6 +214,17 @@ class WasiFactory(IsolateFactory):
             InvalidModule: the bytes are not a module wasmtime can compile.
         """
         return self.cache.get(module_bytes)
+
+    def check(self, request: ExecutionRequest) -> None:
+        """Compile the request's module up front so a broken one is refused, not run.
+
+        Raises:
+            InvalidRequest: naming the `module` field, with wasmtime's reason.
+        """
+        try:
+            self.compile(request.module)
+        except InvalidModule as exc:
+            raise InvalidRequest("module", str(exc)) from None
 
     def create(self, *, facet_dir: Path | None = None) -> WasiIsolate:
         """Create one isolate for a raw WASI module (blocking)."""
