@@ -19,8 +19,8 @@ from typing import Protocol
 from executor.validation import ValidatedExecute
 from isolates.base import (
     CancelToken,
-    InvalidRequest,
     ExecutionResult,
+    InvalidRequest,
     IsolateKind,
     OutputSink,
     Status,
