@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Server:
         """Build the parts, bind the ports and begin serving."""
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        _raise_descriptor_limit()
         setup = await asyncio.to_thread(isolate_setup.build, s)
         self._closers.extend(setup.closers)
         self.git_port = setup.git_port
@@ -119,6 +121,13 @@ class Server:
         """Block until the gRPC server terminates."""
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
+
+
+def _raise_descriptor_limit() -> None:
+    """Use the whole hard RLIMIT_NOFILE: WASM guests' open files are this process's fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def serve(settings: Settings) -> None:
