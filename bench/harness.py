@@ -96,10 +96,12 @@ def render(results: list[Row], console: Console) -> None:
                          else "right")
     for row in results:
         other = []
-        for key in ("seconds", "mb", "ratio", "errors", "rejected"):
+        for key in ("seconds", "mb", "bytes", "ratio", "errors", "rejected", "target"):
             if key in row:
-                unit = {"seconds": " s", "mb": " MB", "ratio": "x"}.get(key, f" {key}")
-                other.append(f"{_fmt(row[key], 2 if key != 'seconds' else 3)}{unit}")
+                unit = {"seconds": " s", "mb": " MB", "bytes": " bytes", "ratio": "x",
+                        "target": ""}.get(key, f" {key}")
+                prefix = "target " if key == "target" else ""
+                other.append(f"{prefix}{_fmt(row[key], 2 if key != 'seconds' else 3)}{unit}")
         if row.get("note"):
             other.append(str(row["note"]))
         table.add_row(row["group"], row["name"], _fmt(row.get("n")), _fmt(row.get("p50_ms")),
