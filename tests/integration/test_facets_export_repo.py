@@ -12,12 +12,13 @@ import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from sandboxd import AsyncClient, Client
-from sandboxd._errors import InvalidArgumentError, NotFoundError
+from sandboxd._errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 
 
 def unique(prefix: str) -> str:
@@ -147,6 +148,38 @@ def test_a_database_above_the_streaming_threshold_round_trips(
         assert db.execute(digest).fetchall() == expected
     finally:
         db.close()
+
+
+def test_an_export_waits_for_the_execution_holding_the_facet(
+    client: Client, repo: str, tmp_path: Path
+) -> None:
+    # The snapshot takes the facet's grant, so it sees an execution's transaction whole or not
+    # at all; this one holds the grant until after its COMMIT.
+    facet = unique("f")
+    create(client, facet, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    code = (
+        "import sqlite3, time\n"
+        "db = sqlite3.connect('/facet/db.sqlite', isolation_level=None)\n"
+        "db.execute('BEGIN')\n"
+        "for i in range(1, 101):\n"
+        "    db.execute('INSERT INTO t VALUES (?, ?)', (i, 'x'))\n"
+        "time.sleep(1.0)\n"
+        "db.execute('COMMIT')\n"
+        "time.sleep(0.5)\n"
+    )
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(client.run_code, code, facet=facet, isolate="wasm", timeout=30)
+        held = False
+        while not held and not running.done():
+            try:
+                client.facets.query(facet, "SELECT 1", timeout=0.5)
+            except ResourceExhaustedError:
+                held = True  # the execution holds the grant
+        assert held, "the execution ended before it was seen holding the facet"
+        commit = client.facets.export_to_repo(facet, repo, timeout=30)
+        assert running.result().ok
+    rows = open_committed(client, repo, f"{facet}.sqlite", commit, tmp_path)
+    assert rows == [(i, "x") for i in range(1, 101)]
 
 
 def test_unknown_facet_and_unknown_repo_are_not_found(client: Client, repo: str) -> None:
