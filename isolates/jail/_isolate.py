@@ -9,6 +9,8 @@ period, then removes sandboxd's cgroups and the jail's state directory.
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import shutil
 import signal
 import subprocess
@@ -53,6 +55,34 @@ def initial_memory_limit(settings: JailSettings) -> int:
     `run()` changes it only for requests that ask for another limit.
     """
     return clamp_memory(Limits().memory_bytes, settings)
+
+
+def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait until `process` exits and reap it; return False if it still runs after `timeout_s`.
+
+    Waits on a pidfd: `Popen.wait(timeout)` polls with growing sleeps, which added milliseconds
+    to every teardown (and executors destroy a jail before they answer).
+    """
+    if process.returncode is not None:
+        return True  # already reaped: its pid may belong to another process by now
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:  # a kernel without pidfds
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        # An unreaped child keeps its pid, so the pidfd is this process's; it becomes readable
+        # when the process exits (at once if it is already a zombie).
+        readable, _, _ = select.select([pidfd], [], [], timeout_s)
+    finally:
+        os.close(pidfd)
+    if not readable:
+        return False
+    process.wait()
+    return True
 
 
 class JailIsolate(Isolate):
@@ -216,9 +246,7 @@ class JailIsolate(Isolate):
                 return
             self._destroyed = True
         self._signal(signal.SIGTERM)
-        try:
-            self._process.wait(self._settings.kill_grace_s)
-        except subprocess.TimeoutExpired:
+        if not wait_for_exit(self._process, self._settings.kill_grace_s):
             self._signal(signal.SIGKILL)
             self._process.wait()
         for stream in (self._process.stdin, self._process.stdout):
