@@ -55,6 +55,8 @@ WORKSPACE = "/workspace"
 CHUNK = 65536
 DRIVER_PID = os.getpid()
 PR_SET_DUMPABLE = 4
+WARM = b"w"
+"""What the pre-forked child writes on its status pipe once warmed up (before any request)."""
 SIGKILL, SIGCHLD, SIGSYS = _signal.SIGKILL, _signal.SIGCHLD, _signal.SIGSYS
 
 _INFINITY = float("inf")
@@ -250,7 +252,9 @@ class Child:
     """The pre-forked child that will run the code, and the driver's ends of its pipes.
 
     Forking costs milliseconds on a virtual machine, so the child is forked before READY and
-    waits for its request on a pipe; at request time only the request itself is passed.
+    waits for its request on a pipe; at request time only the request itself is passed. The
+    child warms up first (see `_warm_up`) and says so with one byte on its status pipe, which
+    the driver awaits before READY: a jail the pool hands out is warm however soon it is used.
     """
 
     def __init__(self) -> None:
@@ -266,6 +270,8 @@ class Child:
             _child_main(self.stdin_fd, out_w, err_w, ctl_r, status_w)
         for fd in (out_w, err_w, ctl_r, status_w):
             os.close(fd)
+        if os.read(self.status_r, 1) != WARM:
+            sys.exit("driver.py: the pre-forked child died while warming up")
 
 
 def _warm_up() -> None:
@@ -294,6 +300,7 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
         _signal.set_wakeup_fd(-1)
         _signal.signal(SIGCHLD, _signal.SIG_DFL)
         _warm_up()
+        os.write(status_w, WARM)
         chunks = []
         while True:
             chunk = os.read(ctl_r, 1 << 20)
