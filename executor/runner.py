@@ -21,6 +21,7 @@ from isolates.base import (
     CancelToken,
     ExecutionResult,
     InvalidRequest,
+    Isolate,
     IsolateKind,
     OutputSink,
     Status,
@@ -124,9 +125,17 @@ class ExecutionRunner:
                 else:
                     result = isolate.run(request, on_output=on_output, cancel=cancel)
             finally:
-                isolate.destroy()
+                self._discard(isolate, facet_dir is not None)
         timings = Timings(queued_us=queued_us, acquire_us=acquire_us, run_us=result.run_us)
         return self._finish(validated, result, kind, runtime, hit, timings, arrival)
+
+    def _discard(self, isolate: Isolate, holds_facet: bool) -> None:
+        # An isolate that mounts a facet is destroyed before the grant is released, so the
+        # next holder never shares the database with a guest that may still be writing.
+        if holds_facet:
+            isolate.destroy()
+        else:
+            self._pool.discard(isolate)
 
     def _facet(
         self, name: str, timeout: float

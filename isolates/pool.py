@@ -9,6 +9,11 @@ destroys each one after its single execution.
 Idle isolates older than `idle_ttl_s` are destroyed and replaced, so a quiet server does not
 hold stale instances (clock, randomness and memory pages age) forever.
 
+Used isolates are handed back with `discard()` and destroyed by a background thread, so tearing
+a store or a jail down (a millisecond or more) happens after the result has left, not before.
+The queue is bounded: when destruction falls behind, `discard()` destroys inline, which slows
+callers down instead of letting dead isolates pile up.
+
 The pool reports what it does to a `PoolObserver` (the executor plugs Prometheus in there);
 isolates/ itself knows nothing of metrics exporters.
 """
@@ -16,6 +21,7 @@ isolates/ itself knows nothing of metrics exporters.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -76,6 +82,8 @@ class PoolConfig:
     """Warm isolates idle longer than this are destroyed and replaced."""
     refill_backoff_s: float = 1.0
     """Pause after a failed creation, doubled per consecutive failure up to 30 s."""
+    max_pending_discards: int = 64
+    """Used isolates waiting for background destruction before `discard()` destroys inline."""
 
 
 @dataclass
@@ -184,6 +192,39 @@ class _RuntimePool:
         return True
 
 
+class _Disposer:
+    """Destroys used isolates on a background thread, off the request's path."""
+
+    def __init__(self, max_pending: int) -> None:
+        self._queue: queue.Queue[Isolate | None] = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._loop, name="pool-dispose", daemon=True)
+        self._thread.start()
+
+    def put(self, isolate: Isolate) -> None:
+        try:
+            self._queue.put_nowait(isolate)
+        except queue.Full:
+            _destroy_quietly(isolate)
+
+    def join(self) -> None:
+        """Block until every discarded isolate is destroyed."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while True:
+            isolate = self._queue.get()
+            try:
+                if isolate is None:
+                    return
+                _destroy_quietly(isolate)
+            finally:
+                self._queue.task_done()
+
+
 class WarmPool:
     """Warm isolates for every registered runtime, each refilled by its own thread."""
 
@@ -194,6 +235,7 @@ class WarmPool:
         observer: PoolObserver | None = None,
     ) -> None:
         self._config = config or PoolConfig()
+        self._disposer = _Disposer(self._config.max_pending_discards)
         self._observer: PoolObserver = observer or _NullObserver()
         self._pools: dict[str, _RuntimePool] = {}
         for factory in factories:
@@ -235,6 +277,14 @@ class WarmPool:
         self._observer.acquired(key, False)
         return isolate, False
 
+    def discard(self, isolate: Isolate) -> None:
+        """Hand back a used isolate; it is destroyed in the background (never reused)."""
+        self._disposer.put(isolate)
+
+    def wait_discarded(self) -> None:
+        """Block until every discarded isolate has been destroyed (shutdown and tests)."""
+        self._disposer.join()
+
     def sizes(self) -> dict[str, int]:
         """Warm isolates available now, per key."""
         return {key: pool.size() for key, pool in self._pools.items()}
@@ -253,7 +303,8 @@ class WarmPool:
         return False
 
     def close(self) -> None:
-        """Stop refilling, destroy every warm isolate and close the factories."""
+        """Stop refilling, destroy every warm and discarded isolate, close the factories."""
+        self._disposer.close()
         for pool in self._pools.values():
             pool.close()
         for pool in self._pools.values():

@@ -80,6 +80,10 @@ def _host_overflow(_store: Any, fd: int, total: int) -> None:
     raise wasmtime.WasmtimeError("sandboxd: output limit")
 
 
+_Signature = tuple[list[Any], Any]
+"""(parameter types, result type) of a component export."""
+
+
 class _ComponentCall:
     """A component export with its parameter and result types looked up once.
 
@@ -87,11 +91,19 @@ class _ComponentCall:
     about as much as a small guest call; create() pays for it here instead.
     """
 
-    def __init__(self, func: wc.Func, store: wasmtime.Store) -> None:
+    def __init__(self, func: wc.Func, signature: _Signature) -> None:
         self._func = func
-        self._type = func.type(store)
-        self._params = [ty for _name, ty in self._type.params]
-        self._result = self._type.result
+        self._params, self._result = signature
+
+    @staticmethod
+    def signature(func: wc.Func, store: wasmtime.Store) -> _Signature:
+        """Look up the parameter and result types of `func` (slow: about a millisecond).
+
+        The types describe the component, not the instance, so a factory looks them up once
+        and shares them between its isolates.
+        """
+        func_type = func.type(store)
+        return [ty for _name, ty in func_type.params], func_type.result
 
     def __call__(self, store: wasmtime.Store, *params: Any) -> Any:
         param_capi = (ffi.wasmtime_component_val_t * len(params))()
@@ -164,10 +176,22 @@ class PythonFactory(IsolateFactory):
             host.add_func("overflow", _host_overflow)
         self.scratch_root = self.data_dir / "scratch"
         self.scratch_root.mkdir(parents=True, exist_ok=True)
+        self._signature_lock = threading.Lock()
+        self._signatures: tuple[_Signature, _Signature] | None = None
 
     def create(self, *, facet_dir: Path | None = None) -> PythonIsolate:
         """Create one Python isolate, instantiated and prepared (blocking, ~2 ms)."""
         return PythonIsolate(self, facet_dir)
+
+    def signatures(
+        self, run: wc.Func, prepare: wc.Func, store: wasmtime.Store
+    ) -> tuple[_Signature, _Signature]:
+        """The types of the `run` and `prepare` exports, looked up by the first isolate."""
+        with self._signature_lock:
+            if self._signatures is None:
+                self._signatures = (_ComponentCall.signature(run, store),
+                                    _ComponentCall.signature(prepare, store))
+            return self._signatures
 
 
 class PythonIsolate(Isolate):
@@ -193,10 +217,12 @@ class PythonIsolate(Isolate):
             )
             instance = factory.linker.instantiate(store, factory.component)
             run_func = instance.get_func(store, "run")
-            prepare = instance.get_func(store, "prepare")
-            if run_func is None or prepare is None:
+            prepare_func = instance.get_func(store, "prepare")
+            if run_func is None or prepare_func is None:
                 raise RuntimeError("the Python component lacks its exports")
-            self._run_func: _ComponentCall | None = _ComponentCall(run_func, store)
+            run_signature, prepare_signature = factory.signatures(run_func, prepare_func, store)
+            self._run_func: _ComponentCall | None = _ComponentCall(run_func, run_signature)
+            prepare = _ComponentCall(prepare_func, prepare_signature)
             with running():
                 prepare(store)
         except BaseException:

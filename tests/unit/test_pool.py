@@ -149,3 +149,28 @@ def test_unknown_runtime_is_a_clear_error() -> None:
         raise AssertionError("acquire of an unknown runtime must fail")
     finally:
         pool.close()
+
+
+def test_discarded_isolates_are_destroyed_in_the_background() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=0))
+    pool.start()
+    try:
+        used = [pool.acquire("wasm/counting")[0] for _ in range(10)]
+        for isolate in used:
+            pool.discard(isolate)
+        pool.wait_discarded()
+        assert all(isinstance(i, CountingIsolate) and i.destroyed for i in used)
+    finally:
+        pool.close()
+    assert factory.destroyed == factory.created == 10
+
+
+def test_close_destroys_isolates_still_waiting_for_disposal() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=0, max_pending_discards=1000))
+    pool.start()
+    for _ in range(50):
+        pool.discard(pool.acquire("wasm/counting")[0])
+    pool.close()
+    assert factory.destroyed == factory.created == 50
