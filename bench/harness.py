@@ -65,19 +65,23 @@ def _ratios(results: list[Row]) -> list[Row]:
     for label, measured, baseline, metric in RATIOS:
         a, b = by_name.get(measured), by_name.get(baseline)
         if a and b and a.get(metric) and b.get(metric):
-            out.append({"group": "ratio", "name": label, "n": a["n"],
-                        "ratio": b[metric] / a[metric], "note": f"{metric}: "
-                        f"{a[metric]:.3f} ms vs {b[metric]:.3f} ms (x faster)"})
+            out.append(_ratio_row(label, a["n"], metric, a[metric], b[metric]))
     for row in results:
         base = row.get("baseline")
         if base and base in by_name:
             metric = "p50_ms" if "p50_ms" in row else "seconds"
             a, b = row.get(metric), by_name[base].get(metric)
             if a and b:
-                out.append({"group": "ratio", "name": f"{row['name']} vs {base}",
-                            "n": row["n"], "ratio": b / a,
-                            "note": f"{metric}: {a:.3f} vs {b:.3f} (x faster)"})
+                out.append(_ratio_row(f"{row['name']} vs {base}", row["n"], metric, a, b))
     return out
+
+
+def _ratio_row(label: str, n: int, metric: str, measured: float, baseline: float) -> Row:
+    """`ratio` is baseline / measured: above 1 the measured row is that many times faster."""
+    ratio = baseline / measured
+    verdict = f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
+    return {"group": "ratio", "name": label, "n": n, "ratio": ratio,
+            "note": f"{verdict} ({metric} {measured:.3f} vs {baseline:.3f})"}
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -96,7 +100,7 @@ def render(results: list[Row], console: Console) -> None:
                          else "right")
     for row in results:
         other = []
-        for key in ("seconds", "mb", "bytes", "ratio", "errors", "rejected", "target"):
+        for key in ("seconds", "mb", "bytes", "errors", "rejected", "target"):
             if key in row:
                 unit = {"seconds": " s", "mb": " MB", "bytes": " bytes", "ratio": "x",
                         "target": ""}.get(key, f" {key}")
@@ -131,7 +135,8 @@ def plot(results: list[Row], path: Path) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """The `sandboxd bench` command."""
-    console = Console()
+    # Wide enough for the row names even when stdout is not a terminal (CI logs, pipes).
+    console = Console(width=max(Console().width, 170))
     data_dir = (args.data_dir or Path(os.environ.get("SANDBOXD_DATA_DIR", ".sandboxd"))).resolve()
     groups = args.only or list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS))

@@ -1,0 +1,32 @@
+"""`sandboxd bench` runs groups, prints a table and writes JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_baseline_group_writes_json_and_plot(tmp_path: Path, data_dir: Path) -> None:
+    out, plot = tmp_path / "out.json", tmp_path / "out.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "sandboxd.cli", "bench", "--quick", "--only", "baseline",
+         "--data-dir", str(data_dir), "--json", str(out), "--plot", str(plot)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "python3 -c 'print(1)' subprocess" in done.stdout
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["n"] > 0
+    assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert report["machine"]["cpus"] >= 1
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_rejects_unknown_groups(data_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "sandboxd.cli", "bench", "--only", "nope",
+                           "--data-dir", str(data_dir)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "unknown groups: nope" in done.stdout
