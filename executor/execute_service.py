@@ -167,10 +167,16 @@ class ExecutorService:
         try:
             outcome = await asyncio.shield(future)
         except asyncio.CancelledError:
-            # The caller went away: stop the isolate, then wait for the worker to destroy it.
+            # The caller went away: stop the isolate, then wait for the worker to finish with
+            # it, so the slot is not reused while the isolate still runs.
             cancel.cancel()
-            with contextlib.suppress(Exception):
-                await future
+            try:
+                cancelled = await future
+            except Exception:
+                log.exception("execution %s failed while being cancelled",
+                              validated.request.execution_id)
+            else:
+                self._observe(cancelled)
             raise
         except InvalidRequest as exc:
             await abort_invalid(context, [(exc.field, str(exc))])
