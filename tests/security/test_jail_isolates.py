@@ -326,6 +326,24 @@ def test_K2_proc_self_fd_shows_only_intended_descriptors(factory: JailFactory) -
     assert fds[:3] == [0, 1, 2] and fds[-1] == nofile - 1 and len(fds) == 5
 
 
+def test_K2_driver_is_out_of_reach_of_the_code(factory: JailFactory) -> None:
+    # The driver (pid 1) runs under the code's uid; it must be non-dumpable, or the code could
+    # write its memory through /proc/1/mem and forge the report.
+    code = (
+        "import os\n"
+        "for path in ('/proc/1/mem', '/proc/1/environ', '/proc/1/fd'):\n"
+        "    try:\n"
+        "        (os.listdir if path.endswith('fd') else open)(path)\n"
+        "        print(path, 'open')\n"
+        "    except PermissionError:\n"
+        "        print(path, 'denied')\n"
+    )
+    result = py(factory, code)
+    assert result.stdout.decode().splitlines() == [
+        "/proc/1/mem denied", "/proc/1/environ denied", "/proc/1/fd denied",
+    ], result
+
+
 def test_K3_setuid_binaries_give_nothing(factory: JailFactory) -> None:
     setuid = [p for p in ("/usr/bin/su", "/usr/bin/passwd", "/usr/bin/mount", "/usr/bin/newgrp")
               if Path(p).exists() and Path(p).stat().st_mode & 0o4000]
