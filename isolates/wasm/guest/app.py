@@ -6,11 +6,13 @@ heap) lives in the snapshot and costs a fresh instance nothing. At build time it
 standard library out (sources plus unchecked-hash .pyc files) so that the host can preopen it
 read-only at /python for every instance: modules not in the snapshot still import.
 
-At run time the host calls `prepare()` once when the isolate is created (reseeding, pre-touching
-memory) and `run(request)` once per isolate. Output is captured here, inside the guest: each
-stream keeps at most `output_cap` bytes and counts the total, delivering the kept bytes to the
-host's `write` import as they are produced; passing the cap calls the host's `overflow` import,
-which stops the guest for good. What is still pending when the code ends returns with the
+At build time the request-independent set-up (output streams, empty stdin and environment,
+interruptible sleep) is done and one execution is run, so lazily built state of the request
+path is in the snapshot too. At run time the host calls `prepare()` once when the isolate is
+created (reseeding, working directory, pre-touching memory) and `run(request)` once per
+isolate. Output is captured here, inside the guest: each stream keeps at most `output_cap`
+bytes and counts the total, delivering the kept bytes to the host's `write` import as they are
+produced; passing the cap calls the host's `overflow` import, which stops the guest for good. What is still pending when the code ends returns with the
 result of `run`.
 """
 
@@ -243,22 +245,13 @@ class WitWorld(wit_world.WitWorld):
 
     def prepare(self) -> None:
         import random
-        import tempfile
 
         # The snapshot froze the PRNG state of the build: every instance reseeds from WASI.
         random.seed()
-        tempfile._name_sequence = None  # type: ignore[attr-defined]
-        time.sleep = _interruptible_sleep
-        # Everything that does not depend on the request is set up here, off the request path.
-        _OUT.last_flush = _ERR.last_flush = time.monotonic()
-        sys.stdout = _TextStream(_OUT, "<stdout>")
-        sys.stderr = _TextStream(_ERR, "<stderr>")
-        sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8", errors="replace")
-        os.environ.clear()
         os.chdir(_CWD)
-        tempfile.tempdir = _CWD
         # Walk the request path once, printing included, so that its pages are touched before
-        # the isolate is pooled (a first touch of a snapshot page costs a copy).
+        # the isolate is pooled (a first touch of a snapshot page costs a copy). What does not
+        # depend on the instance was set up at build time (`_set_up_process`).
         self.run(_WARM_UP, "", [], [], _CWD, 1 << 20)
 
     def run(
@@ -338,6 +331,36 @@ def _safe_write(stream: object, text: str) -> None:
 if os.path.isdir(_STDLIB_OUT) and not os.listdir(_STDLIB_OUT):
     _copy_stdlib(_STDLIB_OUT)
 _preimport_stdlib()
+
+
+def _set_up_process() -> None:
+    """Everything that does not depend on the instance or the request: done at build time."""
+    import tempfile
+
+    # Created lazily per instance, from an instance-seeded Random.
+    tempfile._name_sequence = None  # type: ignore[attr-defined]
+    tempfile.tempdir = _CWD
+    time.sleep = _interruptible_sleep
+    sys.stdout = _TextStream(_OUT, "<stdout>")
+    sys.stderr = _TextStream(_ERR, "<stderr>")
+    sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8", errors="replace")
+    os.environ.clear()
+
+
+_set_up_process()
+# One execution at build time: lazily built state of the request path (caches, interned names,
+# the compiler's and printing's first-use set-up) is part of the snapshot.
+_flush_seconds = _FLUSH_SECONDS
+_FLUSH_SECONDS = float("inf")  # no host call at build time: the host is not there yet
+try:
+    WitWorld().run(_WARM_UP, "", [], [], os.getcwd(), 1 << 20)
+finally:
+    _FLUSH_SECONDS = _flush_seconds
+    _set_up_process()
+    sys.argv = [""]
+    for _sink in (_OUT, _ERR):
+        _sink.total = _sink.kept = 0
+        _sink.pending.clear()
 gc.collect()
 # Objects of the snapshot never move again: collections skip them (twice as fast allocations).
 gc.freeze()
