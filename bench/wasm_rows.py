@@ -222,7 +222,7 @@ def peer_python_wasm_baseline(data_dir: Path, n: int = 10) -> Row:
             start = instance.exports(store)["_start"]
             try:
                 with running():
-                    start(store)  # type: ignore[operator]
+                    start(store)
             except wasmtime.ExitTrap as exc:
                 if exc.code != 0:
                     raise
