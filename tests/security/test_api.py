@@ -7,6 +7,7 @@ with RetryInfo under overload) and a server that keeps serving afterwards.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -117,8 +118,17 @@ def test_A4_duplicate_paths_are_rejected(target: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_server(data_dir: Path) -> RunningServer:
-    running = start_server(data_dir, max_concurrency=2, max_queue=16, pool_jail=0,
+def small_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory of its own (sharing the built runtimes), so its scratch space counts
+    only this server's isolates."""
+    own = tmp_path_factory.mktemp("small-server")
+    (own / "wasm").symlink_to(data_dir / "wasm", target_is_directory=True)
+    return own
+
+
+@pytest.fixture(scope="module")
+def small_server(small_dir: Path) -> Iterator[RunningServer]:
+    running = start_server(small_dir, max_concurrency=2, max_queue=16, pool_jail=0,
                            enable_jail=False)
     yield running
     running.stop()
@@ -130,11 +140,11 @@ def _scratch_entries(data_dir: Path) -> int:
 
 
 async def test_R8_thousand_concurrent_calls_all_answered(small_server: RunningServer,
-                                                         data_dir: Path) -> None:
+                                                         small_dir: Path) -> None:
     pool = small_server.server.pool
     assert pool is not None
     assert await asyncio.to_thread(pool.wait_warm, 30)
-    baseline_scratch = _scratch_entries(data_dir)
+    baseline_scratch = _scratch_entries(small_dir)
     ok = exhausted = 0
     async with AsyncClient(small_server.target) as client:
         async def one(i: int) -> None:
@@ -152,7 +162,9 @@ async def test_R8_thousand_concurrent_calls_all_answered(small_server: RunningSe
     assert ok + exhausted == 1000
     assert ok >= 18  # at least the slots plus the queue were served
     assert exhausted > 0  # the bounded queue pushed back instead of growing
+    await asyncio.to_thread(pool.wait_discarded)
     assert await asyncio.to_thread(pool.wait_warm, 30)
     assert pool.sizes() == pool.targets()
-    assert _scratch_entries(data_dir) <= baseline_scratch
+    # Every used isolate is gone: only the warm ones hold scratch directories.
+    assert _scratch_entries(small_dir) == baseline_scratch
     assert_still_serving(small_server.target)
