@@ -255,6 +255,14 @@ class IsolateFactory(ABC):
                 WASI preopens and jail mounts are fixed when the isolate is created.
         """
 
+    def create_for_immediate_use(self, *, facet_dir: Path | None = None) -> Isolate:
+        """Create an isolate that runs at once (a pool miss, a facet execution).
+
+        Kinds whose `create()` does work only a pooled isolate benefits from (pre-touching
+        memory for a faster first run) skip it here; the default is `create()`.
+        """
+        return self.create(facet_dir=facet_dir)
+
     def check(self, request: ExecutionRequest) -> None:  # noqa: B027 - optional hook
         """Refuse a request this runtime cannot run, before an isolate is spent on it.
 

@@ -301,7 +301,7 @@ class WarmPool:
             if isolate is not None:
                 self._observer.acquired(key, True)
                 return isolate, True
-        isolate = pool.factory.create(facet_dir=facet_dir)
+        isolate = pool.factory.create_for_immediate_use(facet_dir=facet_dir)
         self._observer.acquired(key, False)
         return isolate, False
 

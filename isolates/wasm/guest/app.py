@@ -243,16 +243,17 @@ def _format_exception(exc: BaseException) -> str:
 class WitWorld(wit_world.WitWorld):
     """The exports of the component (componentize-py may make a new instance per call)."""
 
-    def prepare(self) -> None:
+    def prepare(self, warm: bool) -> None:
         import random
 
         # The snapshot froze the PRNG state of the build: every instance reseeds from WASI.
         random.seed()
         os.chdir(_CWD)
-        # Walk the request path once, printing included, so that its pages are touched before
-        # the isolate is pooled (a first touch of a snapshot page costs a copy). What does not
-        # depend on the instance was set up at build time (`_set_up_process`).
-        self.run(_WARM_UP, "", [], [], _CWD, 1 << 20)
+        if warm:
+            # Walk the request path once, printing included, so that its pages are touched
+            # before the isolate is pooled (a first touch of a snapshot page costs a copy).
+            # What does not depend on the instance was set up at build time.
+            self.run(_WARM_UP, "", [], [], _CWD, 1 << 20)
 
     def run(
         self, code: str, stdin: str, env: list[str], argv: list[str], cwd: str, output_cap: int
