@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     """Warm isolates idle longer than this are recycled."""
     enable_jail: bool = True
     """Serve JAIL isolates; when the host cannot provide cgroups, start without them."""
+    jail_preload: tuple[str, ...] = ()
+    """Modules every warm jail imports in advance (e.g. `numpy`): free on first use in the code,
+    paid by every jail at start-up and in memory. JSON list in the environment."""
 
     max_concurrency: int = Field(default=0, ge=0, le=4096)
     """Executions running at once; 0 means two per CPU core."""

@@ -109,7 +109,7 @@ def _add_jail(setup: Setup, settings: Settings, data_dir: Path) -> JailSettings 
     report = reap_stale_jails(data_dir)
     log.info("reaped what a previous server left: %s", report)
     try:
-        jail = JailFactory(data_dir)
+        jail = JailFactory(data_dir, JailSettings(preload=settings.jail_preload))
     except JailUnavailableError as exc:
         # The server still serves WASM; jail requests get a clear INVALID_ARGUMENT.
         log.error("JAIL isolates are disabled: %s", exc)
