@@ -8,7 +8,9 @@ with host functions written in Python:
   guest at the next epoch tick; writes after that fail with EIO and are not counted. Writes to
   other fds go to wasmtime's implementation (through a shim, see `bind_originals`).
 - `fd_read` on fd 0: the request's stdin bytes, set per run (the WASI context is fixed when
-  the isolate is created, before the request is known).
+  the isolate is created, before the request is known). A runtime may also serve one more fd
+  from the host (`CoreContext.control_fd`, e.g. to hand a parked guest its request): reads of
+  it call `CoreContext.control`, which may block.
 - `poll_oneoff` with relative clock subscriptions only (sleeps, timers): the host sleeps in
   short slices and checks the execution's deadline and cancellation between them. wasmtime's
   own sleep blocks inside the host call, where epoch interruption cannot reach, so
@@ -31,6 +33,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +63,10 @@ class CoreContext:
     stdin: bytes = b""
     """What the guest reads from fd 0."""
     stdin_pos: int = 0
+    control_fd: int = -1
+    """An fd served by `control` instead of wasmtime (-1: none)."""
+    control: Callable[[int], bytes] | None = None
+    """Returns up to n bytes for `control_fd` (b"" at its end); may block."""
 
 
 class _Current(threading.local):
@@ -186,8 +193,11 @@ def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritt
 
 def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread: int) -> int:
     ctx = current.ctx
-    if fd != 0 or ctx is None:
-        if ctx is None or ctx.fd_read is None:
+    if ctx is None:
+        return _ERRNO_INVAL
+    control = ctx.control if fd == ctx.control_fd else None
+    if fd != 0 and control is None:
+        if ctx.fd_read is None:
             return _ERRNO_INVAL
         return int(ctx.fd_read(caller, fd, iovs, iovs_len, nread))
     memory = _memory(caller)
@@ -198,12 +208,19 @@ def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread: 
         total = 0
         for i in range(iovs_len):
             ptr, length = struct.unpack_from("<II", raw, 8 * i)
-            chunk = ctx.stdin[ctx.stdin_pos : ctx.stdin_pos + length]
+            if not length:
+                continue
+            if control is not None:
+                chunk = control(length)
+            else:
+                chunk = ctx.stdin[ctx.stdin_pos : ctx.stdin_pos + length]
+                ctx.stdin_pos += len(chunk)
             if not chunk:
                 break
             memory.write(caller, chunk, ptr)
-            ctx.stdin_pos += len(chunk)
             total += len(chunk)
+            if len(chunk) < length:
+                break
         memory.write(caller, struct.pack("<I", total), nread)
     except (IndexError, ValueError, wasmtime.WasmtimeError):
         return _ERRNO_FAULT

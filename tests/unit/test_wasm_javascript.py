@@ -167,3 +167,60 @@ def test_instances_are_isolated(factory: JavaScriptFactory) -> None:
     run(factory, "globalThis.leak = 1; const f = std.open('mine', 'w'); f.close()")
     result = run(factory, "console.log(typeof leak, os.readdir('.')[0].filter(n => n[0] !== '.'))")
     assert result.stdout == b"undefined \n"
+
+
+def test_unhandled_rejection_is_error(factory: JavaScriptFactory) -> None:
+    result = run(factory, "console.log('a'); Promise.reject(new Error('nobody caught'))")
+    assert (result.status, result.exit_code, result.stdout) == (Status.ERROR, 1, b"a\n")
+    assert "unhandled promise rejection" in result.message
+    assert "nobody caught" in result.message
+
+
+def test_exception_in_timer_is_error(factory: JavaScriptFactory) -> None:
+    result = run(factory, "setTimeout(() => { throw new RangeError('late') }, 1)")
+    assert (result.status, result.message) == (Status.ERROR, "RangeError: late")
+
+
+def test_microtasks_after_the_last_timer_run(factory: JavaScriptFactory) -> None:
+    code = "setTimeout(async () => { await null; await null; console.log('late') }, 1)"
+    assert run(factory, code).stdout == b"late\n"
+
+
+def test_sleep_async_is_awaited(factory: JavaScriptFactory) -> None:
+    code = "(async () => { await os.sleepAsync(2); console.log('slept') })()"
+    assert run(factory, code).stdout == b"slept\n"
+
+
+def test_unicode_code_and_output(factory: JavaScriptFactory) -> None:
+    result = run(factory, "console.log('héllo ☃', '\\u{1F600}'.length)")
+    assert result.stdout == "héllo ☃ 2\n".encode()
+
+
+def _guest_threads() -> int:
+    return sum(t.name == "sandboxd-javascript" for t in threading.enumerate())
+
+
+def test_parked_guest_threads_end_with_destroy(factory: JavaScriptFactory) -> None:
+    before = _guest_threads()
+    isolates = [factory.create() for _ in range(5)]
+    assert _guest_threads() == before + 5
+    for isolate in isolates[:2]:
+        isolate.destroy()
+    cancelled = CancelToken()
+    cancelled.cancel()
+    request = ExecutionRequest(execution_id="t", language=Language.JAVASCRIPT, code="1")
+    assert isolates[2].run(request, cancel=cancelled).status is Status.CANCELLED
+    assert isolates[3].run(request).status is Status.OK
+    for isolate in isolates[2:]:
+        isolate.destroy()
+    for thread in threading.enumerate():
+        if thread.name == "sandboxd-javascript":
+            thread.join(10)
+    assert _guest_threads() == before
+
+
+def test_other_memory_limit_restarts_quickjs(factory: JavaScriptFactory) -> None:
+    code = "const a = new Uint8Array(40 << 20); console.log(a.length)"
+    assert run(factory, code, limits=Limits(memory_bytes=32 << 20)).status is Status.MEMORY_LIMIT
+    result = run(factory, code, limits=Limits(memory_bytes=128 << 20))
+    assert (result.status, result.stdout) == (Status.OK, b"41943040\n")
