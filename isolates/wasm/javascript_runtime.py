@@ -137,55 +137,67 @@ def request_payload(request: ExecutionRequest) -> bytes:
 
 
 class _Channel:
-    """Hands the request to a guest parked in `fd_read(CONTROL_FD)`; shared with its thread."""
+    """Hands the request to a guest parked in `fd_read(CONTROL_FD)`; shared with its thread.
+
+    Plain locks, acquired up front and released once, are the handoffs (cheaper than a
+    Condition): `_parked` when the guest first waits (or ends), `_request` when the request
+    (or the close) is there, `_done` when the guest thread has ended.
+    """
 
     def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.payload: bytes | None = None
+        self._parked = threading.Lock()
+        self._request = threading.Lock()
+        self._done = threading.Lock()
+        self._deliver = threading.Lock()
+        for lock in (self._parked, self._request, self._done):
+            lock.acquire()
+        self.payload = b""
         self.pos = 0
         self.parked = False
-        self.closed = False
+        self.released = False
         self.done = False
         self.outcome: int | Exception = -1
 
     def read(self, n: int) -> bytes:
         """Called on the guest thread: block until the request (or close), then serve it."""
-        if self.payload is None:
-            with self.cond:
+        if not self.released:
+            if not self.parked:
                 self.parked = True
-                self.cond.notify_all()
-                while self.payload is None and not self.closed:
-                    self.cond.wait()
-            if self.payload is None:
-                return b""
+                self._parked.release()
+            self._request.acquire()
+            self._request.release()
         chunk = self.payload[self.pos : self.pos + n]
         self.pos += len(chunk)
         return chunk
 
     def deliver(self, payload: bytes) -> None:
-        with self.cond:
-            self.payload = payload
-            self.cond.notify_all()
+        """Hand over the request (once; a closed channel reads as empty)."""
+        with self._deliver:
+            if not self.released:
+                self.payload = payload
+                self.released = True
+                self._request.release()
 
     def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
+        self.deliver(b"")
 
     def finish(self, outcome: int | Exception) -> None:
-        with self.cond:
-            self.outcome = outcome
-            self.done = True
-            self.cond.notify_all()
+        self.outcome = outcome
+        self.done = True
+        if not self.parked:
+            self.parked = True
+            self._parked.release()
+        self._done.release()
 
     def wait_parked(self) -> None:
-        with self.cond:
-            while not (self.parked or self.done):
-                self.cond.wait()
+        self._parked.acquire()
+        self._parked.release()
 
-    def wait_done(self, timeout: float | None = None) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: self.done, timeout)
+    def wait_done(self, timeout: float = -1) -> bool:
+        if not self._done.acquire(timeout=timeout):
+            return False
+        self._done.release()
+        return True
 
 
 def _guest_main(
@@ -293,7 +305,7 @@ class JavaScriptIsolate(Isolate):
             self._ctx = CoreContext(capture=OutputCapture(1), watch=watch)
             self._ctx.control_fd = CONTROL_FD
             instance = factory.linker.instantiate(store, factory.module)
-            bind_originals(factory.base_linker, store, instance, self._ctx)
+            bind_originals(factory.base_linker, store, instance, self._ctx, lazy=True)
             exports = instance.exports(store)
             self._memory = _export(exports, "memory", wasmtime.Memory)
             self._malloc = _export(exports, "malloc", wasmtime.Func)

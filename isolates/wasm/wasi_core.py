@@ -63,6 +63,8 @@ class CoreContext:
     stdin: bytes = b""
     """What the guest reads from fd 0."""
     stdin_pos: int = 0
+    bind: Callable[[wasmtime.Caller], None] | None = None
+    """Set by `bind_originals(lazy=True)`: binds the three originals on first use."""
     control_fd: int = -1
     """An fd served by `control` instead of wasmtime (-1: none)."""
     control: Callable[[int], bytes] | None = None
@@ -140,22 +142,45 @@ def _shim(engine: wasmtime.Engine) -> wasmtime.Module:
 
 
 def bind_originals(
-    base: wasmtime.Linker, store: wasmtime.Store, instance: wasmtime.Instance, ctx: CoreContext
+    base: wasmtime.Linker,
+    store: wasmtime.Store,
+    instance: wasmtime.Instance,
+    ctx: CoreContext,
+    *,
+    lazy: bool = False,
 ) -> None:
     """Give `ctx` wasmtime's own fd_write / fd_read / poll_oneoff for `store`'s guest.
 
     Call after `store.set_wasi(...)` and instantiation; a guest without a "memory" export
-    gets no originals (its calls on other fds fail with EINVAL).
+    gets no originals (its calls on other fds fail with EINVAL). With `lazy`, the shim is
+    instantiated only when the guest first needs an original (a file read or write, an
+    absolute-time poll), inside that host call: guests that never do skip its cost.
     """
     memory = instance.exports(store).get("memory")
     if not isinstance(memory, wasmtime.Memory):
         return
-    originals = [base.get(store, _WASI, name) for name in ("fd_write", "fd_read", "poll_oneoff")]
-    shim = wasmtime.Instance(store, _shim(store.engine), [memory, *originals])
-    exports = shim.exports(store)
-    ctx.fd_write = exports["fd_write"]
-    ctx.fd_read = exports["fd_read"]
-    ctx.poll_oneoff = exports["poll_oneoff"]
+    engine = store.engine
+
+    def bind(context: wasmtime.Store | wasmtime.Caller) -> None:
+        names = ("fd_write", "fd_read", "poll_oneoff")
+        originals = [base.get(context, _WASI, name) for name in names]
+        shim = wasmtime.Instance(context, _shim(engine), [memory, *originals])
+        exports = shim.exports(context)
+        ctx.fd_write = exports["fd_write"]
+        ctx.fd_read = exports["fd_read"]
+        ctx.poll_oneoff = exports["poll_oneoff"]
+        ctx.bind = None
+
+    if lazy:
+        ctx.bind = bind
+    else:
+        bind(store)
+
+
+def _original(ctx: CoreContext, caller: wasmtime.Caller, name: str) -> Any:
+    if ctx.bind is not None:
+        ctx.bind(caller)
+    return getattr(ctx, name)
 
 
 def _memory(caller: wasmtime.Caller) -> wasmtime.Memory | None:
@@ -166,9 +191,10 @@ def _memory(caller: wasmtime.Caller) -> wasmtime.Memory | None:
 def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
     ctx = current.ctx
     if fd not in (1, 2) or ctx is None:
-        if ctx is None or ctx.fd_write is None:
+        original = None if ctx is None else _original(ctx, caller, "fd_write")
+        if original is None:
             return _ERRNO_INVAL
-        return int(ctx.fd_write(caller, fd, iovs, iovs_len, nwritten))
+        return int(original(caller, fd, iovs, iovs_len, nwritten))
     if ctx.capture.overflowed is not None:
         return _ERRNO_IO  # stopped at the next tick; later writes are not counted
     memory = _memory(caller)
@@ -197,9 +223,10 @@ def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread: 
         return _ERRNO_INVAL
     control = ctx.control if fd == ctx.control_fd else None
     if fd != 0 and control is None:
-        if ctx.fd_read is None:
+        original = _original(ctx, caller, "fd_read")
+        if original is None:
             return _ERRNO_INVAL
-        return int(ctx.fd_read(caller, fd, iovs, iovs_len, nread))
+        return int(original(caller, fd, iovs, iovs_len, nread))
     memory = _memory(caller)
     if memory is None or iovs_len < 0 or iovs_len > 1024:
         return _ERRNO_INVAL
@@ -269,9 +296,10 @@ def _poll_oneoff(caller: wasmtime.Caller, in_: int, out: int, nsubs: int, nevent
             _clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, 48 * i + 16)
             if flags & 1:
                 # Absolute deadlines need the guest's clock base: wasmtime's implementation.
-                if ctx.poll_oneoff is None:
+                original = _original(ctx, caller, "poll_oneoff")
+                if original is None:
                     return _ERRNO_INVAL
-                return int(ctx.poll_oneoff(caller, in_, out, nsubs, nevents))
+                return int(original(caller, in_, out, nsubs, nevents))
             subs.append((userdata, tag, timeout))
         else:
             subs.append((userdata, tag, 0))
