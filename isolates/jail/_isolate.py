@@ -110,6 +110,7 @@ class JailIsolate(Isolate):
         self._settings = settings
         self._lock = threading.Lock()
         self._used = False
+        self._running = False
         self._destroyed = False
         self._cancelled = threading.Event()
 
@@ -157,6 +158,25 @@ class JailIsolate(Isolate):
             if self._used or self._destroyed:
                 raise RuntimeError(f"jail {self.jail_id} is single-use and was already used")
             self._used = True
+            self._running = True
+        try:
+            return self._run(request, on_output, cancel)
+        finally:
+            with self._lock:
+                self._running = False
+                destroyed_meanwhile = self._destroyed
+            if destroyed_meanwhile:
+                # destroy() ran on another thread while this run read from the jail's pipes;
+                # it left the descriptors and cleanup to this thread, so that no descriptor
+                # number could be closed (and reused) under a read in progress.
+                self._release()
+
+    def _run(
+        self,
+        request: ExecutionRequest,
+        on_output: OutputSink | None,
+        cancel: CancelToken | None,
+    ) -> ExecutionResult:
         started = time.monotonic()
         limits = self._clamp(request.limits)
         for path in [f.path for f in request.files] + list(request.output_paths):
@@ -240,15 +260,25 @@ class JailIsolate(Isolate):
             return ""
 
     def destroy(self) -> None:
-        """Kill the jail and remove its cgroups and state directory. Idempotent."""
+        """Kill the jail and remove its cgroups and state directory. Idempotent.
+
+        A run in progress on another thread ends CANCELLED and finishes the cleanup itself.
+        """
         with self._lock:
             if self._destroyed:
                 return
             self._destroyed = True
+            running = self._running
+        self._cancelled.set()
         self._signal(signal.SIGTERM)
         if not wait_for_exit(self._process, self._settings.kill_grace_s):
             self._signal(signal.SIGKILL)
             self._process.wait()
+        if not running:
+            self._release()
+
+    def _release(self) -> None:
+        """Close the pipes and remove the cgroups and state directory (the jail is dead)."""
         for stream in (self._process.stdin, self._process.stdout):
             with contextlib.suppress(OSError):
                 if stream is not None:

@@ -51,13 +51,17 @@ def test_destroy_of_a_busy_jail(tmp_path: Path) -> None:
         isolate = factory.create()
         import threading
 
-        runner = threading.Thread(target=lambda: isolate.run(ExecutionRequest(
-            execution_id="t", language=Language.SHELL, code="sleep 60")))
+        results = []
+        runner = threading.Thread(target=lambda: results.append(isolate.run(ExecutionRequest(
+            execution_id="t", language=Language.SHELL, code="sleep 60"))))
         runner.start()
         time.sleep(0.3)
         isolate.destroy()
         runner.join(10)
         assert not runner.is_alive() and not _alive(isolate.pid)
+        # The run ends with a result, not an exception from a descriptor closed under it.
+        assert [r.status for r in results] == [Status.CANCELLED]
+        assert list(factory.instance_dir.glob("j*")) == []
     finally:
         factory.close()
 
