@@ -178,6 +178,13 @@ class PythonFactory(IsolateFactory):
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         self._signature_lock = threading.Lock()
         self._signatures: tuple[_Signature, _Signature] | None = None
+        # Export indexes describe the component: looked up once, not by name per instance.
+        run_index = self.component.get_export_index("run")
+        prepare_index = self.component.get_export_index("prepare")
+        if run_index is None or prepare_index is None:
+            raise RuntimeError("the Python component lacks its exports")
+        self.run_index: wc.ExportIndex = run_index
+        self.prepare_index: wc.ExportIndex = prepare_index
 
     def create(self, *, facet_dir: Path | None = None) -> PythonIsolate:
         """Create one Python isolate, instantiated, prepared and warmed (blocking, ~4 ms)."""
@@ -220,8 +227,8 @@ class PythonIsolate(Isolate):
                 )
             )
             instance = factory.linker.instantiate(store, factory.component)
-            run_func = instance.get_func(store, "run")
-            prepare_func = instance.get_func(store, "prepare")
+            run_func = instance.get_func(store, factory.run_index)
+            prepare_func = instance.get_func(store, factory.prepare_index)
             if run_func is None or prepare_func is None:
                 raise RuntimeError("the Python component lacks its exports")
             run_signature, prepare_signature = factory.signatures(run_func, prepare_func, store)

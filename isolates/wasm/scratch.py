@@ -26,9 +26,13 @@ class ScratchDir:
     """One scratch directory on the host."""
 
     def __init__(self, parent: Path) -> None:
-        parent.mkdir(parents=True, exist_ok=True)
-        self.path = parent / uuid.uuid4().hex
-        self.path.mkdir(mode=0o700)
+        name = os.path.join(parent, uuid.uuid4().hex)
+        try:
+            os.mkdir(name, 0o700)
+        except FileNotFoundError:
+            parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(name, 0o700)
+        self.path = Path(name)
 
     def write_inputs(self, files: tuple[InputFile, ...]) -> None:
         """Write the request's input files (paths validated again: defence in depth).
@@ -102,5 +106,12 @@ class ScratchDir:
             os.close(fd)
 
     def remove(self) -> None:
-        """Delete the directory and everything in it (rmtree never follows links)."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the directory and everything in it (rmtree never follows links).
+
+        Most executions leave the directory empty: one rmdir then does it, without rmtree's
+        open/stat/scandir of the directory.
+        """
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)
