@@ -29,6 +29,18 @@ def data_dir() -> Path:
     return path
 
 
+def private_data_dir(data_dir: Path, parent: Path) -> Path:
+    """A data directory under `parent` sharing the built runtimes of `data_dir` (symlink), so
+    a test can count scratch space, jails and files that belong to its own parts alone."""
+    from isolates.wasm import ensure_runtimes
+
+    ensure_runtimes(data_dir, progress=False)
+    own = parent / "data"
+    own.mkdir()
+    (own / "wasm").symlink_to(data_dir / "wasm", target_is_directory=True)
+    return own
+
+
 class RunningServer:
     """A Server running on its own event loop in a background thread."""
 

@@ -65,7 +65,7 @@ from isolates.wasm.common import (
 )
 from isolates.wasm.engine import Watch, get_engine, new_store, running
 from isolates.wasm.output import OutputCapture
-from isolates.wasm.scratch import ScratchDir
+from isolates.wasm.scratch import ScratchDir, instance_scratch_root
 from isolates.wasm.wasi_core import (
     CoreContext,
     bind_originals,
@@ -259,8 +259,7 @@ class JavaScriptFactory(IsolateFactory):
                 self.engine, str(self.paths.quickjs_module)
             )
         self.linker, self.base_linker = new_linker(self.engine)
-        self.scratch_root = self.data_dir / "scratch"
-        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        self.scratch_root = instance_scratch_root(self.data_dir)
         self.args = [b"qjs", b"-m", b"-e", _BOOTSTRAP.encode("utf-8")]
         self.args_size = len(_argv_block(self.args, 0))
 

@@ -50,7 +50,7 @@ from isolates.wasm.common import (
 )
 from isolates.wasm.engine import Watch, get_engine, new_store, running
 from isolates.wasm.output import OutputCapture
-from isolates.wasm.scratch import ScratchDir
+from isolates.wasm.scratch import ScratchDir, instance_scratch_root
 
 _HOST_INTERFACE = "sandboxd:guest/host@0.2.0"
 
@@ -174,8 +174,7 @@ class PythonFactory(IsolateFactory):
         with self.linker.root() as root, root.add_instance(_HOST_INTERFACE) as host:
             host.add_func("write", _host_write)
             host.add_func("overflow", _host_overflow)
-        self.scratch_root = self.data_dir / "scratch"
-        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        self.scratch_root = instance_scratch_root(self.data_dir)
         self._signature_lock = threading.Lock()
         self._signatures: tuple[_Signature, _Signature] | None = None
         # Export indexes describe the component: looked up once, not by name per instance.

@@ -1,7 +1,9 @@
 """Per-execution scratch directories: the guest's working directory, seen from the host.
 
-A scratch directory lives under DATA_DIR/scratch/ and is preopened read-write into exactly one
-isolate. The host writes input files there before the run and reads requested output files
+A scratch directory lives under DATA_DIR/scratch/<instance>/ and is preopened read-write into
+exactly one isolate. `<instance>` belongs to one server process, which holds an flock on its
+`.lock` file for as long as it runs; `reap_stale_scratch` removes the instance directories whose
+lock is free (left by a crashed or killed process), so a crash never leaks disk for good. The host writes input files there before the run and reads requested output files
 after it. The guest may have planted symlinks or special files, so the host never follows a
 link there: every path is walked component by component with O_NOFOLLOW relative to the
 directory's descriptor, and only regular files are read.
@@ -11,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import secrets
+import threading
 import shutil
 import stat
 import uuid
@@ -20,6 +25,61 @@ from pathlib import Path
 from isolates.base import InputFile, OutputFile, validate_relative_path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOCK_FILE = ".lock"
+
+_instances: dict[Path, Path] = {}
+_instances_lock = threading.Lock()
+_held_locks: list[int] = []
+"""Descriptors holding the instance locks; open for the life of the process on purpose."""
+
+
+def instance_scratch_root(data_dir: Path) -> Path:
+    """This process's scratch directory under `data_dir` (created and locked on first use)."""
+    root = Path(data_dir).resolve() / "scratch"
+    with _instances_lock:
+        existing = _instances.get(root)
+        if existing is not None:
+            return existing
+        root.mkdir(parents=True, exist_ok=True)
+        instance = root / f"{os.getpid()}-{secrets.token_hex(4)}"
+        instance.mkdir(mode=0o700)
+        fd = os.open(instance / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _held_locks.append(fd)
+        _instances[root] = instance
+        return instance
+
+
+def reap_stale_scratch(data_dir: Path) -> int:
+    """Remove scratch left by processes that are gone; returns how many entries were removed.
+
+    An instance directory is live while its owner holds the flock on its `.lock` file (flock
+    conflicts between descriptors even within one process, so this process's own instance is
+    never taken for stale). Anything else directly under DATA_DIR/scratch/ is debris.
+    """
+    root = Path(data_dir).resolve() / "scratch"
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.is_symlink() and (entry / _LOCK_FILE).is_file():
+            try:
+                fd = os.open(entry / _LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process owns it
+            finally:
+                os.close(fd)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed += 1
+    return removed
 
 
 class ScratchDir:

@@ -47,7 +47,7 @@ from isolates.wasm.common import (
 )
 from isolates.wasm.engine import Watch, get_engine, new_store, running
 from isolates.wasm.output import OutputCapture
-from isolates.wasm.scratch import ScratchDir
+from isolates.wasm.scratch import ScratchDir, instance_scratch_root
 from isolates.wasm.wasi_core import (
     CoreContext,
     bind_originals,
@@ -204,8 +204,7 @@ class WasiFactory(IsolateFactory):
             max_bytes=max_cached_bytes,
         )
         self.linker, self.base_linker = new_linker(self.engine)
-        self.scratch_root = self.data_dir / "scratch"
-        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        self.scratch_root = instance_scratch_root(self.data_dir)
 
     def compile(self, module_bytes: bytes) -> wasmtime.Module:
         """Compile (or fetch from the cache) a module; call it to validate a request early.

@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 
 from sandboxd import AsyncClient, Client, InvalidArgumentError, ResourceExhaustedError
 from sandboxd.v1 import executor_pb2 as pb
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, private_data_dir, start_server
 
 
 def raw_execute(target: str, data: bytes) -> grpc.RpcError:
@@ -121,9 +121,7 @@ def test_A4_duplicate_paths_are_rejected(target: str) -> None:
 def small_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data directory of its own (sharing the built runtimes), so its scratch space counts
     only this server's isolates."""
-    own = tmp_path_factory.mktemp("small-server")
-    (own / "wasm").symlink_to(data_dir / "wasm", target_is_directory=True)
-    return own
+    return private_data_dir(data_dir, tmp_path_factory.mktemp("small-server"))
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +133,9 @@ def small_server(small_dir: Path) -> Iterator[RunningServer]:
 
 
 def _scratch_entries(data_dir: Path) -> int:
+    """Scratch directories of isolates, across the instance directories of this data dir."""
     scratch = data_dir / "scratch"
-    return len(list(scratch.iterdir())) if scratch.exists() else 0
+    return sum(1 for entry in scratch.glob("*/*") if entry.is_dir())
 
 
 async def test_R8_thousand_concurrent_calls_all_answered(small_server: RunningServer,

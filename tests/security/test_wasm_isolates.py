@@ -24,8 +24,8 @@ from isolates.wasm import (
     JavaScriptFactory,
     PythonFactory,
     WasiFactory,
-    ensure_runtimes,
 )
+from tests.conftest import private_data_dir
 
 MIB = 1024 * 1024
 
@@ -38,9 +38,10 @@ class Factories:
 
 
 @pytest.fixture(scope="module")
-def factories(data_dir: Path) -> Iterator[Factories]:
-    ensure_runtimes(data_dir, progress=False)
-    yield Factories(PythonFactory(data_dir), JavaScriptFactory(data_dir), WasiFactory(data_dir))
+def factories(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factories]:
+    # A data directory of their own, so scratch counts see only these factories' isolates.
+    own = private_data_dir(data_dir, tmp_path_factory.mktemp("wasm-security"))
+    yield Factories(PythonFactory(own), JavaScriptFactory(own), WasiFactory(own))
 
 
 def run(factory: PythonFactory | JavaScriptFactory | WasiFactory, **fields: object

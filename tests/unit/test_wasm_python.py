@@ -294,7 +294,8 @@ def test_destroy_removes_scratch_dir_and_isolate_is_single_use(factory: PythonFa
     isolate: PythonIsolate = factory.create()
     scratch = isolate._scratch
     assert scratch is not None and scratch.path.is_dir()
-    assert scratch.path.parent == factory.data_dir / "scratch"
+    assert scratch.path.parent == factory.scratch_root
+    assert factory.scratch_root.parent == factory.data_dir / "scratch"
     request = ExecutionRequest(execution_id="t", language=Language.PYTHON, code="print(1)")
     isolate.run(request)
     with pytest.raises(RuntimeError):
