@@ -1,5 +1,5 @@
 # The README's commands. `make serve` and `make test` each do the whole set-up first.
-.PHONY: setup serve test test-fast lint bench proto redis
+.PHONY: setup serve test lint bench bench-pytest proto redis
 
 PYTHON := .venv/bin/python
 
@@ -20,7 +20,10 @@ lint: setup
 	.venv/bin/mypy
 
 bench: setup
-	$(PYTHON) -m sandboxd.cli bench
+	$(PYTHON) -m sandboxd.cli bench --json bench-results.json --plot bench-results.png
+
+bench-pytest: setup
+	$(PYTHON) -m pytest bench --benchmark-enable --benchmark-only
 
 proto:
 	$(PYTHON) scripts/gen_protos.py
