@@ -3,10 +3,12 @@
 A scratch directory lives under DATA_DIR/scratch/<instance>/ and is preopened read-write into
 exactly one isolate. `<instance>` belongs to one server process, which holds an flock on its
 `.lock` file for as long as it runs; `reap_stale_scratch` removes the instance directories whose
-lock is free (left by a crashed or killed process), so a crash never leaks disk for good. The host writes input files there before the run and reads requested output files
-after it. The guest may have planted symlinks or special files, so the host never follows a
-link there: every path is walked component by component with O_NOFOLLOW relative to the
-directory's descriptor, and only regular files are read.
+lock is free (left by a crashed or killed process), so a crash never leaks disk for good.
+
+The host writes input files there before the run and reads requested output files after it.
+The guest may have planted symlinks or special files, so the host never follows a link there:
+every path is walked component by component with O_NOFOLLOW relative to the directory's
+descriptor, and only regular files are read.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import errno
 import fcntl
 import os
 import secrets
-import threading
 import shutil
 import stat
+import threading
 import uuid
 from pathlib import Path
 
