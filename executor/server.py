@@ -14,7 +14,6 @@ import contextlib
 import logging
 import resource
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,6 @@ __all__ = ["Server", "serve"]
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass
@@ -58,10 +56,6 @@ class Server:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         _raise_descriptor_limit()
-        # The event loop, execution workers and refill threads share one GIL. With CPython's
-        # default 5 ms switch interval, a refill thread creating an isolate holds the loop off
-        # for up to 5 ms per hand-over, which dwarfs a sub-millisecond execution.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         setup = await asyncio.to_thread(isolate_setup.build, s)
         self._closers.extend(setup.closers)
         self.git_port = setup.git_port
