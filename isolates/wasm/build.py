@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,25 @@ def invalidate(data_dir: Path) -> None:
     For artifacts that match the manifest but no longer load, e.g. after a CPU change.
     """
     (runtime_paths(data_dir).root / "manifest.json").unlink(missing_ok=True)
+
+
+def load_built[Loaded](
+    data_dir: Path, build: bool, load: Callable[[RuntimePaths], Loaded]
+) -> tuple[RuntimePaths, Loaded]:
+    """Load a built runtime with `load`, building it first when `build` is set.
+
+    Artifacts that match the manifest but no longer deserialize (built for another CPU or
+    wasmtime) are rebuilt once, when `build` allows it.
+    """
+    paths = ensure_runtimes(data_dir, progress=False) if build else runtime_paths(data_dir)
+    try:
+        return paths, load(paths)
+    except wasmtime.WasmtimeError:
+        if not build:
+            raise
+        invalidate(data_dir)
+        paths = ensure_runtimes(data_dir, progress=False)
+        return paths, load(paths)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -53,7 +53,7 @@ from isolates.base import (
     OutputSink,
     Status,
 )
-from isolates.wasm.build import RuntimePaths, ensure_runtimes, invalidate, runtime_paths
+from isolates.wasm.build import RuntimePaths, load_built
 from isolates.wasm.common import (
     GUEST_CWD,
     Ending,
@@ -238,26 +238,13 @@ class JavaScriptFactory(IsolateFactory):
             build: run `ensure_runtimes` (a no-op when up to date).
         """
         self.data_dir = Path(data_dir).resolve()
-        self.paths: RuntimePaths = (
-            ensure_runtimes(self.data_dir, progress=False)
-            if build
-            else runtime_paths(self.data_dir)
-        )
         self.limits = limits or Limits()
         self.engine = get_engine()
-        try:
-            self.module = wasmtime.Module.deserialize_file(
-                self.engine, str(self.paths.quickjs_module)
-            )
-        except wasmtime.WasmtimeError:
-            if not build:
-                raise
-            # Built for another CPU or wasmtime: rebuild once.
-            invalidate(self.data_dir)
-            ensure_runtimes(self.data_dir, progress=False)
-            self.module = wasmtime.Module.deserialize_file(
-                self.engine, str(self.paths.quickjs_module)
-            )
+        self.paths: RuntimePaths
+        self.paths, self.module = load_built(
+            self.data_dir, build,
+            lambda paths: wasmtime.Module.deserialize_file(self.engine, str(paths.quickjs_module)),
+        )
         self.linker, self.base_linker = new_linker(self.engine)
         self.scratch_root = instance_scratch_root(self.data_dir)
         self.args = [b"qjs", b"-m", b"-e", _BOOTSTRAP.encode("utf-8")]

@@ -39,7 +39,7 @@ from isolates.base import (
     OutputSink,
     Status,
 )
-from isolates.wasm.build import RuntimePaths, ensure_runtimes, invalidate, runtime_paths
+from isolates.wasm.build import RuntimePaths, load_built
 from isolates.wasm.common import (
     GUEST_CWD,
     Ending,
@@ -149,26 +149,13 @@ class PythonFactory(IsolateFactory):
             build: run `ensure_runtimes` (a no-op when up to date).
         """
         self.data_dir = Path(data_dir).resolve()
-        self.paths: RuntimePaths = (
-            ensure_runtimes(self.data_dir, progress=False)
-            if build
-            else runtime_paths(self.data_dir)
-        )
         self.limits = limits or Limits()
         self.engine = get_engine()
-        try:
-            self.component = wc.Component.deserialize_file(
-                self.engine, str(self.paths.python_component)
-            )
-        except wasmtime.WasmtimeError:
-            if not build:
-                raise
-            # Built for another CPU or wasmtime: rebuild once.
-            invalidate(self.data_dir)
-            ensure_runtimes(self.data_dir, progress=False)
-            self.component = wc.Component.deserialize_file(
-                self.engine, str(self.paths.python_component)
-            )
+        self.paths: RuntimePaths
+        self.paths, self.component = load_built(
+            self.data_dir, build,
+            lambda paths: wc.Component.deserialize_file(self.engine, str(paths.python_component)),
+        )
         self.linker = wc.Linker(self.engine)
         self.linker.add_wasip2()
         with self.linker.root() as root, root.add_instance(_HOST_INTERFACE) as host:
