@@ -27,9 +27,13 @@ from isolates.wasm.python_runtime import PythonFactory
 from isolates.wasm.scratch import reap_stale_scratch
 from isolates.wasm.wasi_runtime import WasiFactory
 
-__all__ = ["Setup", "build"]
+__all__ = ["Setup", "StartError", "build"]
 
 log = logging.getLogger(__name__)
+
+
+class StartError(RuntimeError):
+    """The server cannot start (a port in use, a runtime that cannot load); says why."""
 
 
 @dataclass
@@ -78,7 +82,12 @@ def _add_artifacts(setup: Setup, settings: Settings, data_dir: Path) -> None:
     if settings.git_port is not None:
         public = f"http://{settings.public_host}:{{port}}/git" if settings.public_host else ""
         git = GitHttpServer(store, settings.host, settings.git_port)
-        port = git.start()
+        try:
+            port = git.start()
+        except OSError as exc:
+            store.close()
+            raise StartError(f"cannot serve git over HTTP on {settings.host}:"
+                             f"{settings.git_port}: {exc.strerror}") from None
         if public:
             git.public_url = public.format(port=port)
         setup.git_port = port

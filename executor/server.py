@@ -25,12 +25,13 @@ from grpc_reflection.v1alpha import reflection
 from executor import execute_service, isolate_setup
 from executor.config import Settings
 from executor.execute_service import ExecutorService
+from executor.isolate_setup import StartError
 from executor.metrics import Metrics
 from executor.runner import ExecutionRunner
 from isolates.pool import PoolConfig, WarmPool
 from sandboxd.v1 import executor_pb2
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "StartError", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,20 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         service_names += [health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(service_names, server)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        try:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"cannot bind the gRPC port {s.host}:{s.port}")
+            raise StartError(f"cannot listen for gRPC on {s.host}:{s.port} (address in use?)")
         await server.start()
         self._grpc = server
         if s.metrics_port is not None:
-            self.metrics_port, http_server = self.metrics.serve(s.host, s.metrics_port)
+            try:
+                self.metrics_port, http_server = self.metrics.serve(s.host, s.metrics_port)
+            except OSError as exc:
+                raise StartError(f"cannot serve metrics on {s.host}:{s.metrics_port}: "
+                                 f"{exc.strerror}") from None
             self._closers.append(http_server.shutdown)
         for name in ("", *service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -134,7 +142,12 @@ def _raise_descriptor_limit() -> None:
 async def serve(settings: Settings) -> None:
     """Run a server until SIGTERM or SIGINT, then drain gracefully."""
     server = Server(settings)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        # Release what did start (pool threads, jails, ports) before reporting the failure.
+        await server.stop(grace=0)
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -118,7 +118,10 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from pydantic import ValidationError
+
     from executor.config import Settings
+    from executor.isolate_setup import StartError
     from executor.server import serve
 
     logging.basicConfig(level=args.log_level.upper(),
@@ -135,8 +138,18 @@ def _serve(args: argparse.Namespace) -> int:
             overrides[name] = None if value < 0 else value
     if args.no_jail:
         overrides["enable_jail"] = False
-    settings = Settings(**overrides)
-    asyncio.run(serve(settings))
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            print(f"sandboxd serve: {field}: {error['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        asyncio.run(serve(settings))
+    except StartError as exc:
+        print(f"sandboxd serve: {exc}", file=sys.stderr)
+        return EXIT_NOT_OK
     return 0
 
 

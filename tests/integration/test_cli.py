@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import private_data_dir
+
 
 def sandboxd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sandboxd.cli", *args], capture_output=True,
@@ -72,3 +74,22 @@ def test_unreachable_server_is_a_clear_error() -> None:
     assert done.returncode == 1
     assert "127.0.0.1:1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_on_a_busy_port_is_a_clear_error(target: str, data_dir: Path,
+                                               tmp_path: Path) -> None:
+    port = target.rsplit(":", 1)[1]
+    own = private_data_dir(data_dir, tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "sandboxd.cli", "serve", "--port", port, "--metrics-port", "-1",
+         "--git-port", "-1", "--no-jail", "--data-dir", str(own)],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_rejects_bad_settings_by_name(tmp_path: Path) -> None:
+    done = sandboxd("serve", "--port", "99999", "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "port:" in done.stderr and "65535" in done.stderr
