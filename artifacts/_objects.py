@@ -92,10 +92,6 @@ class SharedObjectStore(DiskObjectStore):
         """Directory of the store's packs."""
         return Path(self.pack_dir)
 
-    def has(self, sha_hex: bytes) -> bool:
-        """Whether the store holds an object (hex id)."""
-        return ObjectID(sha_hex) in self
-
     def new_pack_writer(self) -> PackWriter:
         """Start a pack that skips objects the store already holds."""
         return PackWriter(
