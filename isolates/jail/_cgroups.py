@@ -184,13 +184,6 @@ class JailCgroup:
                         total += int(line[len(b"oom_kill "):])
         return total
 
-    def memory_failcnt(self) -> int:
-        """How often a charge hit the memory limit of this jail (reclaim may have succeeded)."""
-        try:
-            return int((self._dirs["memory"] / "memory.failcnt").read_text())
-        except OSError:
-            return 0
-
     def memory_usage(self) -> int:
         """Bytes currently charged to this jail (processes, page cache, tmpfs)."""
         try:
