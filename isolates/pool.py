@@ -275,11 +275,6 @@ class WarmPool:
         for pool in self._pools.values():
             pool.start()
 
-    @property
-    def keys(self) -> list[str]:
-        """The runtime keys this pool serves."""
-        return list(self._pools)
-
     def factory(self, key: str) -> IsolateFactory:
         """The factory registered for `key`."""
         try:
