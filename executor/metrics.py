@@ -53,9 +53,6 @@ class Metrics:
         self.running = Gauge(
             "sandboxd_executions_running", "Executions running now.", registry=r,
         )
-        self.queued = Gauge(
-            "sandboxd_executions_queued", "Executions waiting for a slot.", registry=r,
-        )
         self.pool_hits = Counter(
             "sandboxd_pool_hits_total", "Isolates handed out warm.", ["runtime"], registry=r,
         )
