@@ -996,40 +996,6 @@ class FacetStore:
         finally:
             conn.close()
 
-    def iter_query(
-        self,
-        name: str,
-        sql: str,
-        params: Sequence[SqlValue] | Mapping[str, SqlValue] = (),
-        *,
-        max_rows: int | None = None,
-        max_bytes: int | None = None,
-        time_s: float | None = None,
-        read_only: bool = False,
-        timeout: float | None = None,
-        batch_rows: int = 256,
-    ) -> Iterator[QueryBatch]:
-        """Run one SQL statement on facet `name` and yield its rows in batches (blocking).
-
-        The grant is held until the iterator is exhausted or closed, at most `time_s`. See
-        `query` for the arguments and errors.
-        """
-        outcome = _QueryOutcome()
-        rows, size, budget = self._budgets(max_rows, max_bytes, time_s)
-        with self.grant(name, timeout=timeout, create=False) as directory:
-            yield from self._query_steps(
-                directory,
-                sql,
-                params,
-                max_rows=rows,
-                max_bytes=size,
-                time_s=budget,
-                read_only=read_only,
-                batch_rows=batch_rows,
-                cancel=threading.Event(),
-                outcome=outcome,
-            )
-
     def query(
         self,
         name: str,
@@ -1101,7 +1067,7 @@ class FacetStore:
         batch_rows: int = 256,
         outcome: QueryResult | None = None,
     ) -> AsyncIterator[QueryBatch]:
-        """Async `iter_query`: the SQLite work runs in worker threads, one batch per call.
+        """Run one SQL statement on facet `name`, yielding rows in batches from worker threads.
 
         Args:
             name: the facet.
