@@ -1,6 +1,6 @@
 """Placement on the embedded node: which isolate kind and runtime runs a request.
 
-WASM serves Python and JavaScript unless the caller asks for a jail; raw WASI modules always
+WASM serves Python unless the caller asks for a jail; JavaScript and raw WASI modules always
 run in WASM; shells and native commands need a real OS, so they always run in a jail. A jail
 serves every native language from one warm runtime ("native"), so the jail pool is shared.
 """
