@@ -46,7 +46,7 @@ class TreeBuilder:
             pos = nul + 21
         return d
 
-    def _descend(self, parts: list[bytes], field: str, create: bool) -> Dir | None:
+    def _descend(self, parts: list[bytes], create: bool) -> Dir | None:
         node = self._root
         for part in parts:
             child = node.get(part)
@@ -71,7 +71,7 @@ class TreeBuilder:
         if key in self._written or key in self._dirs or any(p in self._written for p in prefixes):
             raise InvalidArgumentError(field, "duplicate path (or a file and a directory)")
         self._dirs.update(prefixes)
-        parent = self._descend(raw[:-1], field, create=True)
+        parent = self._descend(raw[:-1], create=True)
         assert parent is not None
         parent[raw[-1]] = (mode, sha)
         self._written.add(key)
@@ -79,7 +79,7 @@ class TreeBuilder:
     def delete(self, parts: list[str], field: str) -> None:
         """Remove a file or directory; a missing path is an error."""
         raw = [p.encode() for p in parts]
-        parent = self._descend(raw[:-1], field, create=False)
+        parent = self._descend(raw[:-1], create=False)
         if parent is None or raw[-1] not in parent:
             raise InvalidArgumentError(field, "no such path in the base tree")
         del parent[raw[-1]]
