@@ -34,16 +34,6 @@ class Admission:
         self._running = 0
         self._recent_run_s = 0.01
 
-    @property
-    def waiting(self) -> int:
-        """Calls waiting for a slot."""
-        return self._waiting
-
-    @property
-    def running(self) -> int:
-        """Calls holding a slot."""
-        return self._running
-
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:
         """Hold an execution slot; yields the seconds spent queued. Raises Overloaded."""
