@@ -139,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.no_jail:
         overrides["enable_jail"] = False
     try:
-        settings = Settings(**overrides)
+        settings = Settings.from_env(overrides)
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
