@@ -121,6 +121,29 @@ def test_env_stdin_and_argv(factory: PythonFactory) -> None:
     assert result.stdout == b"hi from stdin ['-c']\n", result.stderr
 
 
+def test_unicode_code_env_and_argv_reach_the_guest_intact(factory: PythonFactory) -> None:
+    code = ("import os, sys\nprint('héllo ✓ 🐍', os.environ['A'], os.environ['B'], sys.argv)")
+    result = run(factory, code, env={"A": "ü", "B": "x=y"}, argv=("prog", "—", ""))
+    assert result.stdout.decode() == "héllo ✓ 🐍 ü x=y ['prog', '—', '']\n", result.stderr
+
+
+@pytest.mark.parametrize("where", ["code", "env", "argv"])
+def test_a_lone_surrogate_is_an_error_result_not_a_crash(
+    factory: PythonFactory, where: str
+) -> None:
+    fields: dict[str, object] = {"code": "print(1)"}
+    if where == "code":
+        fields["code"] = "print('\\ud800')\n# \ud800"
+    elif where == "env":
+        fields["env"] = {"A": "\ud800"}
+    else:
+        fields["argv"] = ("\ud800",)
+    result = run(factory, **fields)  # type: ignore[arg-type]
+    assert result.status is Status.ERROR
+    assert "not valid Unicode" in result.message
+    assert run(factory, "print(2)").stdout == b"2\n"
+
+
 def test_host_environment_is_not_visible(factory: PythonFactory) -> None:
     result = run(factory, "import os\nprint(sorted(os.environ))", env={"ONLY": "1"})
     assert result.stdout == b"['ONLY']\n"
