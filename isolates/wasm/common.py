@@ -52,6 +52,17 @@ class Ending:
     message: str = ""
 
 
+def drop_traceback(exc: BaseException) -> None:
+    """Forget where a guest trap was raised, so its Store is freed now, not at the next GC.
+
+    wasmtime-py raises traps from a frame that keeps the exception in a local variable: the
+    exception, its traceback and that frame form a reference cycle, and the traceback's other
+    frames hold the Store, whose linear memory and preopened descriptors would then live until
+    the cyclic garbage collector runs.
+    """
+    exc.__traceback__ = None
+
+
 def classify_error(
     exc: Exception, watch: Watch, capture: OutputCapture, request: ExecutionRequest
 ) -> Ending:

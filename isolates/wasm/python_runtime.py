@@ -46,6 +46,7 @@ from isolates.wasm.common import (
     Ending,
     classify_error,
     collect_outputs,
+    drop_traceback,
     memory_message,
     wasi_config,
 )
@@ -335,6 +336,7 @@ class PythonIsolate(Isolate):
                     request.limits.output_bytes,
                 )
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            drop_traceback(exc)
             return classify_error(exc, watch, capture, request)
         except UnicodeEncodeError as exc:
             return Ending(Status.ERROR, 1, f"the request is not valid Unicode: {exc.reason}")

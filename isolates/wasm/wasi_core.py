@@ -9,7 +9,7 @@ with host functions written in Python:
   other fds go to wasmtime's implementation (through a shim, see `bind_originals`).
 - `fd_read` on fd 0: the request's stdin bytes, set per run (the WASI context is fixed when
   the isolate is created, before the request is known). A runtime may also serve one more fd
-  from the host (`CoreContext.control_fd`, e.g. to hand a parked guest its request): reads of
+  from the host (`CoreContext.control_fd`, e.g. to hand the guest its request): reads of
   it call `CoreContext.control`, which may block.
 - `poll_oneoff` with relative clock subscriptions only (sleeps, timers): the host sleeps in
   short slices and checks the execution's deadline and cancellation between them. wasmtime's

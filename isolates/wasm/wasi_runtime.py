@@ -41,6 +41,7 @@ from isolates.wasm.common import (
     Ending,
     classify_error,
     collect_outputs,
+    drop_traceback,
     ending_for_reason,
     memory_message,
     wasi_config,
@@ -321,6 +322,7 @@ class WasiIsolate(Isolate):
                     return Ending(Status.ERROR, 1, "the module exports no _start function")
                 start(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            drop_traceback(exc)
             ending = classify_error(exc, self._watch, ctx.capture, request)
             if ending.status == Status.ERROR and _memory_exhausted(store, instance, request):
                 ending = Ending(Status.MEMORY_LIMIT, 1, memory_message(request))

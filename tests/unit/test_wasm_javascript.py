@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import wasmtime
 
 from isolates.base import (
     CancelToken,
@@ -196,31 +198,43 @@ def test_unicode_code_and_output(factory: JavaScriptFactory) -> None:
     assert result.stdout == "héllo ☃ 2\n".encode()
 
 
-def _guest_threads() -> int:
-    return sum(t.name == "sandboxd-javascript" for t in threading.enumerate())
-
-
-def test_parked_guest_threads_end_with_destroy(factory: JavaScriptFactory) -> None:
-    before = _guest_threads()
+def test_created_isolates_hold_no_thread_and_cancel_before_running(
+    factory: JavaScriptFactory,
+) -> None:
+    before = threading.active_count()
     isolates = [factory.create() for _ in range(5)]
-    assert _guest_threads() == before + 5
-    for isolate in isolates[:2]:
-        isolate.destroy()
+    assert threading.active_count() == before
     cancelled = CancelToken()
     cancelled.cancel()
     request = ExecutionRequest(execution_id="t", language=Language.JAVASCRIPT, code="1")
-    assert isolates[2].run(request, cancel=cancelled).status is Status.CANCELLED
-    assert isolates[3].run(request).status is Status.OK
-    for isolate in isolates[2:]:
+    assert isolates[0].run(request, cancel=cancelled).status is Status.CANCELLED
+    assert isolates[1].run(request).status is Status.OK
+    for isolate in isolates:
         isolate.destroy()
-    for thread in threading.enumerate():
-        if thread.name == "sandboxd-javascript":
-            thread.join(10)
-    assert _guest_threads() == before
+        isolate.destroy()
 
 
-def test_other_memory_limit_restarts_quickjs(factory: JavaScriptFactory) -> None:
+def test_math_random_is_seeded_per_isolate(factory: JavaScriptFactory) -> None:
+    code = "const xs = Array.from({length: 1000}, Math.random); " \
+           "console.log(xs.every(x => x >= 0 && x < 1), new Set(xs).size, xs[0])"
+    outputs = [run(factory, code).stdout.split() for _ in range(3)]
+    assert all(out[:2] == [b"true", b"1000"] for out in outputs), outputs
+    assert len({out[2] for out in outputs}) == 3
+
+
+def test_each_run_sets_its_own_memory_limit(factory: JavaScriptFactory) -> None:
     code = "const a = new Uint8Array(40 << 20); console.log(a.length)"
     assert run(factory, code, limits=Limits(memory_bytes=32 << 20)).status is Status.MEMORY_LIMIT
     result = run(factory, code, limits=Limits(memory_bytes=128 << 20))
     assert (result.status, result.stdout) == (Status.OK, b"41943040\n")
+
+
+def test_a_trapped_isolate_frees_its_store_at_once(factory: JavaScriptFactory) -> None:
+    gc.collect()
+    gc.disable()
+    try:
+        before = sum(isinstance(o, wasmtime.Store) for o in gc.get_objects())
+        assert run(factory, "std.exit(3)").exit_code == 3
+        assert sum(isinstance(o, wasmtime.Store) for o in gc.get_objects()) == before
+    finally:
+        gc.enable()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import wasmtime
 
 from isolates.base import (
     CancelToken,
@@ -396,3 +398,20 @@ def test_destroy_stops_a_running_isolate(factory: PythonFactory) -> None:
     isolate.destroy()
     worker.join(30)
     assert not worker.is_alive() and holder[0].status is Status.CANCELLED
+
+
+def _live_stores() -> int:
+    return sum(isinstance(o, wasmtime.Store) for o in gc.get_objects())
+
+
+def test_a_trapped_isolate_frees_its_store_at_once(factory: PythonFactory) -> None:
+    # A trap's traceback must not keep the Store (memory, descriptors) until a GC pass.
+    gc.collect()
+    gc.disable()
+    try:
+        before = _live_stores()
+        result = run(factory, "while True: pass", limits=Limits(timeout_s=0.05))
+        assert result.status is Status.TIMEOUT
+        assert _live_stores() == before
+    finally:
+        gc.enable()
