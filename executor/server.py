@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import signal
@@ -148,6 +149,9 @@ async def serve(settings: Settings) -> None:
         # Release what did start (pool threads, jails, ports) before reporting the failure.
         await server.stop(grace=0)
         raise
+    # What start-up built (modules, runtimes, services) lives as long as the process: freezing
+    # it keeps the collector's full passes, which would walk all of it, off the request path.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
