@@ -26,10 +26,15 @@ at exit.
 
 The host functions are shared by every store of the Linker; they find the running execution
 through a thread-local, since a host call always runs on the thread that called into the guest.
+They are defined through wasmtime's "unchecked" C API, with raw i32 arguments and raw access to
+the caller's memory: wasmtime-py's generic trampoline looks types up and wraps every argument,
+which cost more than the work of a `console.log`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import struct
 import threading
 import time
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from isolates.wasm.engine import Watch
 from isolates.wasm.output import OutputCapture
@@ -48,6 +54,10 @@ _ERRNO_SUCCESS = 0
 _ERRNO_INVAL = 28
 _ERRNO_FAULT = 21
 _ERRNO_IO = 29
+_EXTERN_MEMORY = ffi.WASMTIME_EXTERN_MEMORY.value
+_MEMORY_NAME = ctypes.create_string_buffer(b"memory")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,27 +96,16 @@ def new_linker(engine: wasmtime.Engine) -> tuple[wasmtime.Linker, wasmtime.Linke
     linker.define_wasi()
     linker.allow_shadowing = True
     i32 = wasmtime.ValType.i32()
-    linker.define_func(
-        _WASI,
-        "fd_write",
-        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
-        _fd_write,
-        access_caller=True,
-    )
-    linker.define_func(
-        _WASI,
-        "poll_oneoff",
-        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
-        _poll_oneoff,
-        access_caller=True,
-    )
-    linker.define_func(
-        _WASI,
-        "fd_read",
-        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
-        _fd_read,
-        access_caller=True,
-    )
+    signature = wasmtime.FuncType([i32, i32, i32, i32], [i32])
+    for name, callback in _CALLBACKS.items():
+        module = ctypes.create_string_buffer(_WASI.encode())
+        raw_name = ctypes.create_string_buffer(name.encode())
+        error = ffi.wasmtime_linker_define_func_unchecked(
+            linker.ptr(), module, len(_WASI), raw_name, len(name), signature.ptr(), callback,
+            None, _NO_FINALIZER,
+        )
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
     linker.allow_shadowing = False
     return linker, base
 
@@ -177,39 +176,84 @@ def bind_originals(
         bind(store)
 
 
-def _original(ctx: CoreContext, caller: wasmtime.Caller, name: str) -> Any:
+class _Fault(Exception):
+    """A guest pointer outside its memory (EFAULT)."""
+
+
+class _GuestMemory:
+    """The calling instance's "memory" export, read and written by address, bounds-checked.
+
+    Valid during one host call only: the guest may grow (move) its memory afterwards.
+    """
+
+    __slots__ = ("base", "size")
+
+    def __init__(self, base: int, size: int) -> None:
+        self.base = base
+        self.size = size
+
+    @staticmethod
+    def of(caller: Any) -> _GuestMemory | None:
+        extern = ffi.wasmtime_extern_t()
+        if not ffi.wasmtime_caller_export_get(caller, _MEMORY_NAME, 6, ctypes.byref(extern)):
+            return None
+        if extern.kind != _EXTERN_MEMORY:
+            return None
+        context = ffi.wasmtime_caller_context(caller)
+        memory = ctypes.byref(extern.of.memory)
+        base = ctypes.cast(ffi.wasmtime_memory_data(context, memory), ctypes.c_void_p).value
+        return _GuestMemory(base or 0, int(ffi.wasmtime_memory_data_size(context, memory)))
+
+    def read(self, address: int, length: int) -> bytes:
+        if address < 0 or length < 0 or address + length > self.size:
+            raise _Fault
+        return ctypes.string_at(self.base + address, length)
+
+    def write(self, address: int, data: bytes) -> None:
+        if address < 0 or address + len(data) > self.size:
+            raise _Fault
+        ctypes.memmove(self.base + address, data, len(data))
+
+
+def _original(ctx: CoreContext, caller: Any, name: str) -> Any:
+    """Return wasmtime's own `name` and a wasmtime-py Caller to call it with."""
+    wrapped = wasmtime.Caller(caller)
     if ctx.bind is not None:
-        ctx.bind(caller)
-    return getattr(ctx, name)
+        ctx.bind(wrapped)
+    return getattr(ctx, name), wrapped
 
 
-def _memory(caller: wasmtime.Caller) -> wasmtime.Memory | None:
-    memory = caller.get("memory")
-    return memory if isinstance(memory, wasmtime.Memory) else None
-
-
-def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
-    ctx = current.ctx
-    if fd not in (1, 2) or ctx is None:
-        original = None if ctx is None else _original(ctx, caller, "fd_write")
+def _call_original(ctx: CoreContext, caller: Any, name: str, *args: int) -> int:
+    original, wrapped = _original(ctx, caller, name)
+    try:
         if original is None:
             return _ERRNO_INVAL
-        return int(original(caller, fd, iovs, iovs_len, nwritten))
+        return int(original(wrapped, *args))
+    finally:
+        wrapped._invalidate()
+
+
+def _fd_write(caller: Any, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+    ctx = current.ctx
+    if ctx is None:
+        return _ERRNO_INVAL
+    if fd not in (1, 2):
+        return _call_original(ctx, caller, "fd_write", fd, iovs, iovs_len, nwritten)
     if ctx.capture.overflowed is not None:
         return _ERRNO_IO  # stopped at the next tick; later writes are not counted
-    memory = _memory(caller)
+    memory = _GuestMemory.of(caller)
     if memory is None or iovs_len < 0 or iovs_len > 1024:
         return _ERRNO_INVAL
     try:
-        raw = memory.read(caller, iovs, iovs + 8 * iovs_len)
+        raw = memory.read(iovs, 8 * iovs_len)
         chunks = []
         for i in range(iovs_len):
             ptr, length = struct.unpack_from("<II", raw, 8 * i)
             if length:
-                chunks.append(bytes(memory.read(caller, ptr, ptr + length)))
+                chunks.append(memory.read(ptr, length))
         data = b"".join(chunks)
-        memory.write(caller, struct.pack("<I", len(data)), nwritten)
-    except (IndexError, ValueError, wasmtime.WasmtimeError):
+        memory.write(nwritten, struct.pack("<I", len(data)))
+    except _Fault:
         return _ERRNO_FAULT
     if not ctx.capture.add(fd, data):
         _stop(ctx, "output")
@@ -217,21 +261,18 @@ def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritt
     return _ERRNO_SUCCESS
 
 
-def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread: int) -> int:
+def _fd_read(caller: Any, fd: int, iovs: int, iovs_len: int, nread: int) -> int:
     ctx = current.ctx
     if ctx is None:
         return _ERRNO_INVAL
     control = ctx.control if fd == ctx.control_fd else None
     if fd != 0 and control is None:
-        original = _original(ctx, caller, "fd_read")
-        if original is None:
-            return _ERRNO_INVAL
-        return int(original(caller, fd, iovs, iovs_len, nread))
-    memory = _memory(caller)
+        return _call_original(ctx, caller, "fd_read", fd, iovs, iovs_len, nread)
+    memory = _GuestMemory.of(caller)
     if memory is None or iovs_len < 0 or iovs_len > 1024:
         return _ERRNO_INVAL
     try:
-        raw = memory.read(caller, iovs, iovs + 8 * iovs_len)
+        raw = memory.read(iovs, 8 * iovs_len)
         total = 0
         for i in range(iovs_len):
             ptr, length = struct.unpack_from("<II", raw, 8 * i)
@@ -244,12 +285,12 @@ def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread: 
                 ctx.stdin_pos += len(chunk)
             if not chunk:
                 break
-            memory.write(caller, chunk, ptr)
+            memory.write(ptr, chunk)
             total += len(chunk)
             if len(chunk) < length:
                 break
-        memory.write(caller, struct.pack("<I", total), nread)
-    except (IndexError, ValueError, wasmtime.WasmtimeError):
+        memory.write(nread, struct.pack("<I", total))
+    except _Fault:
         return _ERRNO_FAULT
     return _ERRNO_SUCCESS
 
@@ -280,14 +321,14 @@ def _expired(ctx: CoreContext) -> bool:
     return False
 
 
-def _poll_oneoff(caller: wasmtime.Caller, in_: int, out: int, nsubs: int, nevents: int) -> int:
+def _poll_oneoff(caller: Any, in_: int, out: int, nsubs: int, nevents: int) -> int:
     ctx = current.ctx
-    memory = _memory(caller)
+    memory = _GuestMemory.of(caller)
     if ctx is None or memory is None or nsubs <= 0 or nsubs > 4096:
         return _ERRNO_INVAL
     try:
-        raw = bytes(memory.read(caller, in_, in_ + 48 * nsubs))
-    except (IndexError, ValueError, wasmtime.WasmtimeError):
+        raw = memory.read(in_, 48 * nsubs)
+    except _Fault:
         return _ERRNO_FAULT
     subs = []
     for i in range(nsubs):
@@ -296,10 +337,7 @@ def _poll_oneoff(caller: wasmtime.Caller, in_: int, out: int, nsubs: int, nevent
             _clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, 48 * i + 16)
             if flags & 1:
                 # Absolute deadlines need the guest's clock base: wasmtime's implementation.
-                original = _original(ctx, caller, "poll_oneoff")
-                if original is None:
-                    return _ERRNO_INVAL
-                return int(original(caller, in_, out, nsubs, nevents))
+                return _call_original(ctx, caller, "poll_oneoff", in_, out, nsubs, nevents)
             subs.append((userdata, tag, timeout))
         else:
             subs.append((userdata, tag, 0))
@@ -319,9 +357,37 @@ def _poll_oneoff(caller: wasmtime.Caller, in_: int, out: int, nsubs: int, nevent
         struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, tag, 0, 0)
         for userdata, tag, _timeout in events
     )
+    # The guest is suspended in this call, so its memory has not moved while the host slept.
     try:
-        memory.write(caller, out_bytes, out)
-        memory.write(caller, struct.pack("<I", len(events)), nevents)
-    except (IndexError, ValueError, wasmtime.WasmtimeError):
+        memory.write(out, out_bytes)
+        memory.write(nevents, struct.pack("<I", len(events)))
+    except _Fault:
         return _ERRNO_FAULT
     return _ERRNO_SUCCESS
+
+
+def _raw_callback(handler: Callable[[Any, int, int, int, int], int]) -> Any:
+    """Wrap `handler(caller, a, b, c, d) -> errno` as an unchecked wasmtime host function."""
+
+    @ffi.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator]
+    def callback(_env: Any, caller: Any, args: Any, _count: int) -> int:
+        try:
+            args[0].i32 = handler(caller, args[0].i32, args[1].i32, args[2].i32, args[3].i32)
+        except Exception:
+            # Nothing may cross into wasm (see the module docstring): the guest gets EIO.
+            log.exception("WASI host function %s failed", handler.__name__)
+            args[0].i32 = _ERRNO_IO
+        return 0
+
+    return callback
+
+
+_CALLBACKS: dict[str, Any] = {
+    "fd_write": _raw_callback(_fd_write),
+    "fd_read": _raw_callback(_fd_read),
+    "poll_oneoff": _raw_callback(_poll_oneoff),
+}
+"""Module-level, so the C function pointers live as long as any Linker that holds them."""
+
+_NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+"""A NULL finalizer: the callbacks carry no per-definition data to free."""
