@@ -26,6 +26,7 @@ console.log and every other write to fds 1 and 2 go through the host's `fd_write
 
 from __future__ import annotations
 
+import ctypes
 import json
 import secrets
 import threading
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from isolates.base import (
     CancelToken,
@@ -111,6 +113,42 @@ class _Payload:
         return chunk
 
 
+_I32, _I64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+_SIGNATURES: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
+    "JS_Eval": ([_I32, _I32, _I32, _I32, _I32], [_I64]),
+    "js_std_await": ([_I32, _I64], [_I64]),
+    "js_std_dump_error": ([_I32], []),
+}
+"""The snapshot exports the host calls, with the types `_IntCall` relies on."""
+
+
+class _IntCall:
+    """Calls a core export whose parameters and result are integers, with no per-call checks.
+
+    wasmtime-py's `Func.__call__` looks the function's type up and converts every argument
+    through it on each call; the factory checks each export's type once (`_SIGNATURES`)
+    instead, which `wasmtime_func_call_unchecked` relies on.
+    """
+
+    def __init__(self, func: wasmtime.Func, slots: int) -> None:
+        self._func = func
+        self._slots = max(slots, 1)
+
+    def __call__(self, store: wasmtime.Store, *args: int) -> int:
+        values = (ffi.wasmtime_val_raw_t * self._slots)()
+        for i, arg in enumerate(args):
+            values[i].i64 = arg  # an i32 parameter reads the low half
+        trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        error = ffi.wasmtime_func_call_unchecked(
+            store._context(), ctypes.byref(self._func._func), values, self._slots,
+            ctypes.byref(trap))
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+        if trap:
+            raise wasmtime.Trap._from_ptr(trap)
+        return int(values[0].i64)
+
+
 @dataclass(frozen=True)
 class _Entry:
     """The snapshot's addresses (exported constants), the same for every instance."""
@@ -158,9 +196,13 @@ class JavaScriptFactory(IsolateFactory):
         return JavaScriptIsolate(self)
 
     def entry(self, exports: Any, store: wasmtime.Store) -> _Entry:
-        """The snapshot's addresses, read from the first instance."""
+        """The snapshot's addresses, read from the first instance (which checks export types)."""
         with self._entry_lock:
             if self._entry is None:
+                for name, (params, results) in _SIGNATURES.items():
+                    ty = _export(exports, name, wasmtime.Func).type(store)
+                    if list(ty.params) != params or list(ty.results) != results:
+                        raise RuntimeError(f"QuickJS export {name} has an unexpected type")
                 values = [_export(exports, name, wasmtime.Global).value(store)
                           for name in (CONTEXT, MAIN_SOURCE, MAIN_LENGTH, FILENAME)]
                 self._entry = _Entry(*(int(value) for value in values))
@@ -189,9 +231,9 @@ class JavaScriptIsolate(Isolate):
             exports = instance.exports(store)
             self._memory = _export(exports, "memory", wasmtime.Memory)
             self._entry = factory.entry(exports, store)
-            self._eval = _export(exports, "JS_Eval", wasmtime.Func)
-            self._await = _export(exports, "js_std_await", wasmtime.Func)
-            self._dump_error = _export(exports, "js_std_dump_error", wasmtime.Func)
+            self._eval = _IntCall(_export(exports, "JS_Eval", wasmtime.Func), 5)
+            self._await = _IntCall(_export(exports, "js_std_await", wasmtime.Func), 2)
+            self._dump_error = _IntCall(_export(exports, "js_std_dump_error", wasmtime.Func), 1)
         except BaseException:
             self.destroy()
             raise
@@ -245,7 +287,7 @@ class JavaScriptIsolate(Isolate):
             with running():
                 promise = self._eval(store, entry.context, entry.main_source, entry.main_length,
                                      entry.filename, 0)
-                settled = int(self._await(store, entry.context, promise))
+                settled = self._await(store, entry.context, promise)
                 if (settled >> 32) & 0xFFFF_FFFF == JS_TAG_EXCEPTION:
                     self._dump_error(store, entry.context)
                     return -1
