@@ -87,7 +87,7 @@ def classify(
                            f"wall-clock limit of {limits.timeout_s:g} s exceeded")
         if driver_signal == signal.SIGKILL:
             # pid 1 ignores SIGKILL from inside its namespace and the host did not send one:
-            # the kernel's OOM killer did (its counter may be gone with nsjail's cgroup).
+            # the kernel's OOM killer did, though its counter did not show it.
             return Verdict(Status.MEMORY_LIMIT, 137,
                            f"memory limit of {limits.memory_bytes} bytes exceeded")
         return Verdict(Status.INTERNAL_ERROR, -1, "the jail ended without reporting a result")

@@ -100,7 +100,7 @@ class JailFactory(IsolateFactory):
         (self.instance_dir / CGROUPS_FILE).write_text(json.dumps(
             [str(self.layout.parent_dir(c)) for c in self.layout.parents]))
         try:
-            self._template = ConfigTemplate(self.settings, self.layout, self.instance_dir)
+            self._template = ConfigTemplate(self.settings, self.instance_dir)
         except Exception:
             remove_tree([self.layout.parent_dir(c) for c in self.layout.parents])
             self._release_instance_dir()
@@ -128,10 +128,13 @@ class JailFactory(IsolateFactory):
         cgroup = JailCgroup(self.layout, jail_id)
         process: subprocess.Popen[bytes] | None = None
         try:
-            cgroup.create(initial_memory_limit(self.settings), self.settings.pids_max)
+            cgroup.create(initial_memory_limit(self.settings), self.settings.pids_max,
+                          self.settings.cpu_ms_per_sec)
             (state_dir / "nsjail.cfg").write_text(self._template.render(
                 jail_id, None if facet_dir is None else Path(facet_dir).resolve()))
-            with (state_dir / "stderr").open("wb") as stderr:
+            # nsjail is started from inside the jail's cgroups, so it and the jail are born
+            # there: no cgroup attach (and its grace-period wait) on the way (see _cgroups).
+            with (state_dir / "stderr").open("wb") as stderr, cgroup.joined():
                 process = subprocess.Popen(
                     [str(self._nsjail), "--config", str(state_dir / "nsjail.cfg")],
                     stdin=subprocess.PIPE,

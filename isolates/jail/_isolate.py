@@ -2,8 +2,8 @@
 
 `run()` sends the request, relays streamed output, waits for the driver's report with a
 backstop deadline, reads the cgroup's OOM counter and classifies the outcome. `destroy()` sends
-SIGTERM to nsjail (which kills the jail and removes its own cgroup), SIGKILL only after a grace
-period, then removes sandboxd's cgroups and the jail's state directory.
+SIGTERM to nsjail (which kills the jail), SIGKILL only after a grace period, then removes
+the jail's cgroups and the jail's state directory.
 """
 
 from __future__ import annotations

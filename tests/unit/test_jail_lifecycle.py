@@ -14,6 +14,7 @@ import pytest
 
 from isolates.base import ExecutionRequest, Language, Status
 from isolates.jail import JailFactory, JailSettings, JailStartError, reap_stale_jails
+from isolates.jail._cgroups import JailCgroup, remove_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,6 +63,59 @@ def test_destroy_of_a_busy_jail(tmp_path: Path) -> None:
         # The run ends with a result, not an exception from a descriptor closed under it.
         assert [r.status for r in results] == [Status.CANCELLED]
         assert list(factory.instance_dir.glob("j*")) == []
+    finally:
+        factory.close()
+
+
+def _cgroup_paths(proc: str) -> dict[str, str]:
+    """Controller -> cgroup path of a /proc/<pid> or /proc/thread-self entry."""
+    paths = {}
+    for line in Path(proc, "cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            paths[controller] = path
+    return paths
+
+
+def test_nsjail_is_born_in_the_jails_cgroups_and_the_caller_goes_back(tmp_path: Path) -> None:
+    """create() starts nsjail from inside the jail's cgroups (no attach, no grace-period wait):
+    nsjail and the guest are in them, the calling thread is back where it was, and the guest's
+    cgroup namespace is rooted at the jail's cgroup."""
+    factory = JailFactory(tmp_path)
+    try:
+        before = _cgroup_paths("/proc/thread-self")
+        isolate = factory.create()
+        try:
+            assert _cgroup_paths("/proc/thread-self") == before
+            nsjail = _cgroup_paths(f"/proc/{isolate.pid}")
+            for controller in ("memory", "pids", "cpu"):
+                assert nsjail[controller].endswith(f"/{isolate.jail_id}"), nsjail
+            cpu = factory.layout.jail_dir("cpu", isolate.jail_id)
+            assert int((cpu / "cpu.cfs_quota_us").read_text()) * 1000 == (
+                int((cpu / "cpu.cfs_period_us").read_text()) * factory.settings.cpu_ms_per_sec)
+            pids = factory.layout.jail_dir("pids", isolate.jail_id)
+            assert int((pids / "pids.max").read_text()) == factory.settings.pids_max + 1
+            result = isolate.run(ExecutionRequest(
+                execution_id="t", language=Language.SHELL,
+                code="grep -E ':(memory|pids|cpu):' /proc/self/cgroup | cut -d: -f3 | sort -u"))
+            assert result.stdout == b"/\n", result
+        finally:
+            isolate.destroy()
+    finally:
+        factory.close()
+
+
+def test_remove_tree_never_kills_sandboxd(tmp_path: Path) -> None:
+    """A sandboxd thread inside a jail's cgroup (as while it starts nsjail) makes the cgroup
+    list sandboxd's pid; removing the cgroup must fail rather than kill this process."""
+    factory = JailFactory(tmp_path)
+    try:
+        cgroup = JailCgroup(factory.layout, "jtest")
+        cgroup.create(64 * 1024 * 1024, 8, 100)
+        with cgroup.joined(), pytest.raises(OSError):
+            remove_tree(list(cgroup.dirs.values()), timeout_s=0.2)
+        cgroup.remove()
+        assert not any(d.exists() for d in cgroup.dirs.values())
     finally:
         factory.close()
 
