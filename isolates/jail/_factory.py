@@ -100,7 +100,10 @@ class JailFactory(IsolateFactory):
         (self.instance_dir / CGROUPS_FILE).write_text(json.dumps(
             [str(self.layout.parent_dir(c)) for c in self.layout.parents]))
         try:
-            self._template = ConfigTemplate(self.settings, self.instance_dir)
+            try:
+                self._template = ConfigTemplate(self.settings, self.instance_dir)
+            except RuntimeError as exc:
+                raise JailUnavailableError(str(exc)) from exc
         except Exception:
             remove_tree([self.layout.parent_dir(c) for c in self.layout.parents])
             self._release_instance_dir()

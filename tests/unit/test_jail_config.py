@@ -3,11 +3,19 @@ full build of the configuration renders."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from isolates.jail._nsjail_config import ConfigTemplate, build_config, render
+from isolates.jail._nsjail_config import (
+    DRIVER_PATH,
+    GUEST_PYTHON,
+    ConfigTemplate,
+    build_config,
+    compile_driver,
+    render,
+)
 from isolates.jail._settings import JailSettings
 
 
@@ -37,7 +45,7 @@ def test_template_refuses_ids_that_would_need_escaping(tmp_path: Path) -> None:
 def test_driver_runs_isolated_without_site_and_with_preload() -> None:
     config = build_config(JailSettings(preload=("json",)), "j1", Path("/x/log"))
     assert config.exec_bin is not None
-    assert list(config.exec_bin.arg) == ["-I", "-S", "-B", "/sandboxd/driver.py", "json"]
+    assert list(config.exec_bin.arg) == ["-I", "-S", "-B", "/sandboxd/driver.pyc", "json"]
 
 
 def test_nsjail_leaves_cgroups_to_sandboxd() -> None:
@@ -51,3 +59,16 @@ def test_preload_accepts_module_names_only() -> None:
     for bad in ("-c", "os; import x", "a..b", "", "--", "a b"):
         with pytest.raises(ValueError):
             JailSettings(preload=(bad,))
+
+
+def test_driver_is_compiled_by_the_guest_interpreter() -> None:
+    """The jail runs the driver's bytecode: the guest interpreter's magic number, then code."""
+    magic = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c",
+                            "import sys, importlib.util; "
+                            "sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER)"],
+                           capture_output=True, check=True).stdout
+    pyc = compile_driver()
+    assert pyc[:4] == magic and len(pyc) > 1000
+    assert compile_driver() is pyc  # compiled once per interpreter
+    config = build_config(JailSettings(), "j1", Path("/x/log"))
+    assert [m.src_content for m in config.mount if m.dst == DRIVER_PATH] == [pyc]
