@@ -272,6 +272,9 @@ class Child:
             _child_main(self.stdin_fd, out_w, err_w, ctl_r, status_w)
         for fd in (out_w, err_w, ctl_r, status_w):
             os.close(fd)
+
+    def wait_warm(self) -> None:
+        """Block until the child has warmed up; exit if it died instead."""
         if os.read(self.status_r, 1) != WARM:
             sys.exit("driver.py: the pre-forked child died while warming up")
 
@@ -583,10 +586,6 @@ def main() -> None:
     if DRIVER_PID != 1:
         # Only meaningful (and only safe: see _kill_all) as pid 1 of a jail's pid namespace.
         sys.exit("driver.py must run as pid 1 inside a jail")
-    # Non-dumpable: code running under the same uid cannot open /proc/1/mem and hijack the
-    # driver to forge a report.
-    if _prctl(PR_SET_DUMPABLE, 0) != 0 or _prctl(PR_GET_DUMPABLE, 0) != 0:
-        sys.exit("driver.py: prctl(PR_SET_DUMPABLE, 0) failed")
     _add_site_dirs()
     for name in sys.argv[1:]:
         try:
@@ -610,6 +609,13 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     child = Child()
+    # Non-dumpable: code running under the same uid cannot open /proc/1/mem and hijack the
+    # driver to forge a report. Done after the fork, while the child warms up on another CPU
+    # (loading _ctypes for it costs about 1 ms): what needs protecting is the driver, and no
+    # code runs in the child before the request, which comes after READY.
+    if _prctl(PR_SET_DUMPABLE, 0) != 0 or _prctl(PR_GET_DUMPABLE, 0) != 0:
+        sys.exit("driver.py: prctl(PR_SET_DUMPABLE, 0) failed")
+    child.wait_warm()
     _frame(result_fd, {"t": "ready"})
     try:
         size = int.from_bytes(_read_exact(request_fd, 4), "big")
