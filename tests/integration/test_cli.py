@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,13 @@ def test_serve_rejects_bad_settings_by_name(tmp_path: Path) -> None:
     done = sandboxd("serve", "--port", "99999", "--data-dir", str(tmp_path))
     assert done.returncode == 2
     assert "port:" in done.stderr and "65535" in done.stderr
+
+
+def test_serve_rejects_a_bad_environment_setting_by_name(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sandboxd.cli", "serve", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SANDBOXD_POOL_JAIL": "lots"},
+    )
+    assert done.returncode == 2
+    assert "pool_jail:" in done.stderr and "Traceback" not in done.stderr
