@@ -112,7 +112,7 @@ class JailFactory(IsolateFactory):
         self._closed = False
 
     def create(self, *, facet_dir: Path | None = None) -> JailIsolate:
-        """Start one jail and wait until its driver is ready (blocking, ~100 ms).
+        """Start one jail and wait until its driver is ready (blocking, about 35 ms).
 
         Args:
             facet_dir: host directory bound read-write at /facet inside the jail.
