@@ -486,9 +486,10 @@ def _execute(
             if ticks + _cpu_ticks_of_live_processes() > cpu_limit_ticks:
                 killed_for = "cpu"
                 _kill_all()
-    if request["output_paths"]:
-        # Reap everything first so no process can still touch the workspace while it is read.
-        sigsys = _reap_all() or sigsys
+    # Reap everything before reporting: no process can still touch the workspace while output
+    # files are read, and none is left when the result arrives (SIGKILLed processes can take a
+    # moment to exit). With nothing left to reap this costs one system call.
+    sigsys = _reap_all() or sigsys
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     files = [_read_output(p, cap) for p in request["output_paths"]]
     return {
