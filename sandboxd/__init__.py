@@ -19,7 +19,7 @@ if TYPE_CHECKING:
         AsyncArtifacts,
         Repo,
     )
-    from sandboxd._client import DEFAULT_TARGET, AsyncClient, Client
+    from sandboxd._client import AsyncClient, Client
     from sandboxd._errors import (
         AlreadyExistsError,
         ConflictError,
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     )
     from sandboxd._facets import AsyncFacets, FacetInfo, Facets, QueryResult
     from sandboxd._models import Execution, IsolateInfo, OutputFile, Timings
+    from sandboxd._target import DEFAULT_TARGET
 
     __version__: str
 
@@ -49,7 +50,7 @@ _EXPORTS: dict[str, str] = {
     "AsyncFacets": "sandboxd._facets",
     "Client": "sandboxd._client",
     "ConflictError": "sandboxd._errors",
-    "DEFAULT_TARGET": "sandboxd._client",
+    "DEFAULT_TARGET": "sandboxd._target",
     "DeadlineExceededError": "sandboxd._errors",
     "Execution": "sandboxd._models",
     "FacetInfo": "sandboxd._facets",

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sandboxd._errors import InvalidArgumentError, SandboxdError, from_rpc_error
 from sandboxd._models import Execution
+from sandboxd._target import DEFAULT_TARGET
 from sandboxd.v1 import executor_pb2 as pb
 from sandboxd.v1 import executor_pb2_grpc
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_TARGET", "AsyncClient", "Client"]
 
-DEFAULT_TARGET = "localhost:50051"
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 DEADLINE_SLACK_S = 30.0
 """Added to the execution timeout to form the call deadline (queueing, transfer)."""

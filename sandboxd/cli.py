@@ -1,7 +1,8 @@
 """The `sandboxd` command line: serve, run, bench, health.
 
 `serve` and `bench` import the server and benchmark packages only when invoked, so the SDK
-itself never depends on them.
+itself never depends on them; `run` and `health` import the client only when invoked, which
+keeps it off the server's start-up.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from sandboxd import __version__
-from sandboxd._client import DEFAULT_TARGET, Client
 from sandboxd._errors import InvalidArgumentError, SandboxdError
+from sandboxd._target import DEFAULT_TARGET
 
 __all__ = ["main"]
 
@@ -186,6 +187,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write(chunk)
         sys.stderr.flush()
 
+    from sandboxd._client import Client
+
     try:
         with Client(args.target) as client:
             execution = client.run_code(
@@ -254,6 +257,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
+    from sandboxd._client import Client
+
     try:
         with Client(args.target) as client:
             status = client.health(args.service)

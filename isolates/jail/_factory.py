@@ -28,7 +28,7 @@ from isolates.base import IsolateFactory, IsolateKind
 from isolates.jail._cgroups import CgroupLayout, JailCgroup, create_parents, remove_tree
 from isolates.jail._errors import JailStartError, JailUnavailableError
 from isolates.jail._isolate import JailIsolate, initial_memory_limit, wait_for_exit
-from isolates.jail._nsjail_config import ConfigTemplate, policy_path
+from isolates.jail._nsjail_config import ConfigTemplate, compile_driver, policy_path
 from isolates.jail._protocol import FrameEOF, FrameReader, FrameTimeout
 from isolates.jail._settings import JailSettings
 
@@ -101,7 +101,8 @@ class JailFactory(IsolateFactory):
             [str(self.layout.parent_dir(c)) for c in self.layout.parents]))
         try:
             try:
-                self._template = ConfigTemplate(self.settings, self.instance_dir)
+                driver = compile_driver(jail_root(Path(data_dir).resolve()))
+                self._template = ConfigTemplate(self.settings, self.instance_dir, driver)
             except RuntimeError as exc:
                 raise JailUnavailableError(str(exc)) from exc
         except Exception:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -95,7 +96,14 @@ def guest_sources_hash() -> str:
 
 
 def expected_manifest() -> dict[str, Any]:
-    """Return the manifest that the current code and packages would build."""
+    """Return the manifest that the current code and packages would build (a copy)."""
+    return dict(_expected_manifest())
+
+
+@functools.cache
+def _expected_manifest() -> dict[str, Any]:
+    # Package versions and sources do not change under a running process; every factory of a
+    # starting server asks, and the package metadata lookups cost several milliseconds each.
     qjs = quickjs_wasm_path()
     return {
         "manifest_version": MANIFEST_VERSION,
