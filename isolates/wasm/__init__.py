@@ -11,8 +11,10 @@ Public surface:
 
 Layout: engine.py (the shared Engine, epoch ticker, watchdog), build.py (artifacts),
 python_runtime.py, javascript_runtime.py, wasi_runtime.py (one per runtime), wasi_core.py (the
-host's WASI overrides for core modules), output.py (capped capture), scratch.py (per-execution
-directories), common.py (shared helpers), guest/ (the Python guest app and its WIT world).
+host's WASI overrides for core modules), quickjs_snapshot.py and wasm_binary.py (the build-time
+snapshot of an initialized QuickJS), output.py (capped capture), scratch.py (per-execution
+directories), common.py (shared helpers), guest/ (the Python guest app and its WIT world, and
+the QuickJS bootstrap).
 """
 
 from __future__ import annotations
