@@ -119,7 +119,7 @@ _SIGNATURES: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = 
     "js_std_await": ([_I32, _I64], [_I64]),
     "js_std_dump_error": ([_I32], []),
 }
-"""The snapshot exports the host calls, with the types `_IntCall` relies on."""
+"""The exports run() calls, with the types `_IntCall` relies on (checked once per factory)."""
 
 
 class _IntCall:
@@ -130,9 +130,10 @@ class _IntCall:
     instead, which `wasmtime_func_call_unchecked` relies on.
     """
 
-    def __init__(self, func: wasmtime.Func, slots: int) -> None:
+    def __init__(self, func: wasmtime.Func, name: str) -> None:
+        params, results = _SIGNATURES[name]
         self._func = func
-        self._slots = max(slots, 1)
+        self._slots = max(len(params), len(results), 1)
 
     def __call__(self, store: wasmtime.Store, *args: int) -> int:
         values = (ffi.wasmtime_val_raw_t * self._slots)()
@@ -231,9 +232,11 @@ class JavaScriptIsolate(Isolate):
             exports = instance.exports(store)
             self._memory = _export(exports, "memory", wasmtime.Memory)
             self._entry = factory.entry(exports, store)
-            self._eval = _IntCall(_export(exports, "JS_Eval", wasmtime.Func), 5)
-            self._await = _IntCall(_export(exports, "js_std_await", wasmtime.Func), 2)
-            self._dump_error = _IntCall(_export(exports, "js_std_dump_error", wasmtime.Func), 1)
+            calls = {name: _IntCall(_export(exports, name, wasmtime.Func), name)
+                     for name in _SIGNATURES}
+            self._eval = calls["JS_Eval"]
+            self._await = calls["js_std_await"]
+            self._dump_error = calls["js_std_dump_error"]
         except BaseException:
             self.destroy()
             raise
