@@ -1,8 +1,9 @@
 """The adversarial catalogue (shared/security.md) against real JAIL isolates.
 
 One test per item that applies to jails, named after it, each asserting the safe outcome. R7
-(wasm) and R8 (1,000 concurrent gRPC calls) belong to other parts. The leak test at the end runs
-1,000 executions, 100 of them hostile, and checks that nothing is left behind.
+is about wasm; R8 (1,000 concurrent gRPC calls) is in test_jail_api.py, through the API. The
+leak test at the end runs 1,000 executions, 100 of them hostile, and checks that nothing is left
+behind.
 """
 
 from __future__ import annotations
