@@ -94,22 +94,19 @@ class _Reader:
         return value
 
     def uleb(self) -> int:
-        result = shift = 0
-        while True:
-            byte = self.byte()
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return result
+        return self._leb(signed=False)
 
     def sleb(self) -> int:
+        return self._leb(signed=True)
+
+    def _leb(self, *, signed: bool) -> int:
         result = shift = 0
         while True:
             byte = self.byte()
             result |= (byte & 0x7F) << shift
             shift += 7
             if not byte & 0x80:
-                if byte & 0x40:
+                if signed and byte & 0x40:
                     result -= 1 << shift
                 return result
 

@@ -7,8 +7,9 @@ with RetryInfo under overload) and a server that keeps serving afterwards.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -132,6 +133,28 @@ def small_server(small_dir: Path) -> Iterator[RunningServer]:
     running.stop()
 
 
+async def assert_storm_answered(target: str, code: Callable[[int], str], **options: Any) -> None:
+    """Send 1,000 concurrent Execute calls of `code(i)` (which prints i) to a server with two
+    slots and a queue of 16: each gets its own output or RESOURCE_EXHAUSTED with RetryInfo."""
+    ok = exhausted = 0
+    async with AsyncClient(target) as client:
+        async def one(i: int) -> None:
+            nonlocal ok, exhausted
+            try:
+                execution = await client.run_code(code(i), **options)
+            except ResourceExhaustedError as error:
+                assert error.retry_after > 0
+                exhausted += 1
+            else:
+                assert execution.stdout == f"{i}\n", execution
+                ok += 1
+
+        await asyncio.gather(*(one(i) for i in range(1000)))
+    assert ok + exhausted == 1000
+    assert ok >= 18  # at least the slots plus the queue were served
+    assert exhausted > 0  # the bounded queue pushed back instead of growing
+
+
 def _scratch_entries(data_dir: Path) -> int:
     """Scratch directories of isolates, across the instance directories of this data dir."""
     scratch = data_dir / "scratch"
@@ -144,23 +167,7 @@ async def test_R8_thousand_concurrent_calls_all_answered(small_server: RunningSe
     assert pool is not None
     assert await asyncio.to_thread(pool.wait_warm, 30)
     baseline_scratch = _scratch_entries(small_dir)
-    ok = exhausted = 0
-    async with AsyncClient(small_server.target) as client:
-        async def one(i: int) -> None:
-            nonlocal ok, exhausted
-            try:
-                execution = await client.run_code(f"print({i})")
-            except ResourceExhaustedError as error:
-                assert error.retry_after > 0
-                exhausted += 1
-            else:
-                assert execution.stdout == f"{i}\n"
-                ok += 1
-
-        await asyncio.gather(*(one(i) for i in range(1000)))
-    assert ok + exhausted == 1000
-    assert ok >= 18  # at least the slots plus the queue were served
-    assert exhausted > 0  # the bounded queue pushed back instead of growing
+    await assert_storm_answered(small_server.target, lambda i: f"print({i})")
     await asyncio.to_thread(pool.wait_discarded)
     assert await asyncio.to_thread(pool.wait_warm, 30)
     assert pool.sizes() == pool.targets()
