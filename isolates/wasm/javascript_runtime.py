@@ -79,10 +79,10 @@ from isolates.wasm.wasi_core import (
     stopped_ending_reason,
 )
 
-__all__ = ["CONTROL_FD", "JavaScriptFactory", "JavaScriptIsolate", "request_payload"]
+__all__ = ["JavaScriptFactory", "JavaScriptIsolate"]
 
 
-def request_payload(request: ExecutionRequest, seed: list[int]) -> bytes:
+def _request_payload(request: ExecutionRequest, seed: list[int]) -> bytes:
     """What `__sandboxd_main` reads on CONTROL_FD for `request`.
 
     A decimal length line, then JSON `[env, argv, seed, code]` (ASCII only: lone surrogates
@@ -265,7 +265,7 @@ class JavaScriptIsolate(Isolate):
         ctx = self._ctx
         ctx.capture = capture
         ctx.stdin = request.stdin
-        ctx.control = _Payload(request_payload(request, _random_seed())).read
+        ctx.control = _Payload(_request_payload(request, _random_seed())).read
         store.set_limits(memory_size=request.limits.memory_bytes)
         watch.deadline = time.monotonic() + request.limits.timeout_s
         if cancel is not None:
