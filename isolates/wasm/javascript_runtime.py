@@ -69,6 +69,7 @@ from isolates.wasm.quickjs_snapshot import (
     JS_TAG_EXCEPTION,
     MAIN_LENGTH,
     MAIN_SOURCE,
+    export_of,
 )
 from isolates.wasm.scratch import ScratchDir, instance_scratch_root
 from isolates.wasm.wasi_core import (
@@ -201,10 +202,10 @@ class JavaScriptFactory(IsolateFactory):
         with self._entry_lock:
             if self._entry is None:
                 for name, (params, results) in _SIGNATURES.items():
-                    ty = _export(exports, name, wasmtime.Func).type(store)
+                    ty = export_of(exports, name, wasmtime.Func).type(store)
                     if list(ty.params) != params or list(ty.results) != results:
                         raise RuntimeError(f"QuickJS export {name} has an unexpected type")
-                values = [_export(exports, name, wasmtime.Global).value(store)
+                values = [export_of(exports, name, wasmtime.Global).value(store)
                           for name in (CONTEXT, MAIN_SOURCE, MAIN_LENGTH, FILENAME)]
                 self._entry = _Entry(*(int(value) for value in values))
             return self._entry
@@ -230,9 +231,8 @@ class JavaScriptIsolate(Isolate):
             instance = factory.linker.instantiate(store, factory.module)
             bind_originals(factory.base_linker, store, instance, self._ctx, lazy=True)
             exports = instance.exports(store)
-            self._memory = _export(exports, "memory", wasmtime.Memory)
             self._entry = factory.entry(exports, store)
-            calls = {name: _IntCall(_export(exports, name, wasmtime.Func), name)
+            calls = {name: _IntCall(export_of(exports, name, wasmtime.Func), name)
                      for name in _SIGNATURES}
             self._eval = calls["JS_Eval"]
             self._await = calls["js_std_await"]
@@ -332,13 +332,6 @@ class JavaScriptIsolate(Isolate):
         if self._scratch is not None:
             self._scratch.remove()
             self._scratch = None
-
-
-def _export[T](exports: Any, name: str, kind: type[T]) -> T:
-    item = exports[name]
-    if not isinstance(item, kind):
-        raise RuntimeError(f"QuickJS export {name} is not a {kind.__name__}")
-    return item
 
 
 def _first_error_line(capture: OutputCapture) -> str:

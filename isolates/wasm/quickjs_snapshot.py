@@ -56,6 +56,7 @@ __all__ = [
     "MAIN_SOURCE",
     "SnapshotError",
     "build_snapshot",
+    "export_of",
     "snapshot_inputs_hash",
 ]
 
@@ -123,28 +124,28 @@ def build_snapshot(engine: wasmtime.Engine, original: bytes, workspace_parent: P
         instance = linker.instantiate(store, module)
         bind_originals(base, store, instance, ctx)
         exports = instance.exports(store)
-        memory = _export(exports, "memory", wasmtime.Memory)
-        malloc = _export(exports, "malloc", wasmtime.Func)
+        memory = export_of(exports, "memory", wasmtime.Memory)
+        malloc = export_of(exports, "malloc", wasmtime.Func)
         current.ctx = ctx
         try:
             with running():
-                _export(exports, "_initialize", wasmtime.Func)(store)
+                export_of(exports, "_initialize", wasmtime.Func)(store)
                 args = [b"qjs", b"-m", b"-e", bootstrap_source().encode()]
                 argv = _write_argv(store, memory, malloc, args)
-                status = _export(exports, "qjs_init_argv", wasmtime.Func)(store, len(args), argv)
+                status = export_of(exports, "qjs_init_argv", wasmtime.Func)(store, len(args), argv)
                 if status != 0:
                     stderr = bytes(capture.kept[2]).decode("utf-8", "replace")
                     raise SnapshotError(f"the QuickJS bootstrap failed ({status}): {stderr}")
                 main_source = _write(store, memory, malloc, _MAIN_CALL + b"\0")
                 filename = _write(store, memory, malloc, _FILENAME + b"\0")
-                context = _export(exports, "qjs_get_context", wasmtime.Func)(store)
+                context = export_of(exports, "qjs_get_context", wasmtime.Func)(store)
         finally:
             current.ctx = None
         if not context:
             raise SnapshotError("QuickJS has no context after its bootstrap")
         global_values = {}
         for index in mutable_globals(patched):
-            value = _export(exports, global_export_name(index), wasmtime.Global).value(store)
+            value = export_of(exports, global_export_name(index), wasmtime.Global).value(store)
             if not isinstance(value, int):
                 raise SnapshotError(f"global {index} is not an integer")
             global_values[index] = value
@@ -180,7 +181,8 @@ def _write_argv(store: wasmtime.Store, memory: wasmtime.Memory, malloc: wasmtime
                   b"".join(pointer.to_bytes(4, "little") for pointer in pointers))
 
 
-def _export[T](exports: wasmtime.InstanceExports, name: str, kind: type[T]) -> T:
+def export_of[T](exports: wasmtime.InstanceExports, name: str, kind: type[T]) -> T:
+    """The QuickJS export `name`, checked to be a `kind` (SnapshotError otherwise)."""
     item = exports[name]
     if not isinstance(item, kind):
         raise SnapshotError(f"QuickJS export {name} is not a {kind.__name__}")
