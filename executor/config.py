@@ -50,6 +50,9 @@ class Settings(BaseModel):
     """Warm jails to keep (about 10 MB each)."""
     pool_idle_ttl_s: float = Field(default=300.0, gt=0)
     """Warm isolates idle longer than this are recycled."""
+    pool_refill_defer_s: float = Field(default=0.02, ge=0, le=10)
+    """After a pool hit, the refill waits this long at most for the execution to end, so that
+    creating the next isolate does not compete with it for CPU; 0 refills at once."""
     enable_jail: bool = True
     """Serve JAIL isolates; when the host cannot provide cgroups, start without them."""
     jail_preload: tuple[str, ...] = ()

@@ -64,7 +64,7 @@ class Server:
         self.pool = WarmPool(
             setup.factories,
             PoolConfig(targets=setup.pool_targets, default_target=0,
-                       idle_ttl_s=s.pool_idle_ttl_s),
+                       idle_ttl_s=s.pool_idle_ttl_s, refill_defer_s=s.pool_refill_defer_s),
             observer=self.metrics,
         )
         self.pool.start()

@@ -14,6 +14,11 @@ its target (a burst drained it): creation runs mostly outside the GIL (guest cod
 creators fill a drained pool about twice as fast on two cores, while a pool that is nearly full
 is topped up by one thread and leaves the other core to the requests.
 
+A refill waits until the execution that took the isolate has handed it back, for at most
+`refill_defer_s`: creating a jail or a Python isolate takes several milliseconds of CPU, and on
+a small machine starting it at the moment of the hit slowed that very execution down (a warm
+jail's run took about 1 ms longer). A pool drained below half its target refills at once.
+
 Used isolates are handed back with `discard()` and destroyed by a background thread, so tearing
 a store or a jail down (a millisecond or more) happens after the result has left, not before.
 The queue is bounded: when destruction falls behind, `discard()` destroys inline, which slows
@@ -92,6 +97,8 @@ class PoolConfig:
     """Pause after a failed creation, doubled per consecutive failure up to 30 s."""
     max_pending_discards: int = 64
     """Used isolates waiting for background destruction before `discard()` destroys inline."""
+    refill_defer_s: float = 0.02
+    """Longest wait after a hit for its execution to end before the refill starts anyway."""
 
 
 @dataclass
@@ -116,6 +123,10 @@ class _RuntimePool:
         self._closed = False
         self._creating = 0
         """Isolates being created right now by the refill threads."""
+        self._lent = 0
+        """Isolates handed out by `take()` and not yet handed back with `returned()`."""
+        self._defer_until = 0.0
+        """time.monotonic() until which a refill waits for the lent isolates to come back."""
         self._threads = [
             threading.Thread(
                 target=self._refill_loop, args=(i,), name=f"pool-refill-{self.key}-{i}",
@@ -135,9 +146,20 @@ class _RuntimePool:
                 return None
             slot = self._warm.popleft()
             size = len(self._warm)
+            self._lent += 1
+            self._defer_until = time.monotonic() + self._config.refill_defer_s
+            # Wakes the refill threads: a drained pool refills now, else the first one starts
+            # waiting for the isolate to come back (see `_deferred_locked`).
             self._cond.notify_all()
         self._observer.size_changed(self.key, size)
         return slot.isolate
+
+    def returned(self) -> None:
+        """An isolate handed out by `take()` finished its execution: refill may start."""
+        with self._cond:
+            self._lent = max(0, self._lent - 1)
+            if self._lent == 0:
+                self._cond.notify_all()
 
     def size(self) -> int:
         with self._cond:
@@ -156,21 +178,34 @@ class _RuntimePool:
             _destroy_quietly(slot.isolate)
         self._observer.size_changed(self.key, 0)
 
+    def _drained_locked(self) -> bool:
+        return len(self._warm) < self.target // 2
+
+    def _deferred_locked(self) -> float:
+        """Seconds the refill still waits for lent isolates to come back; 0 when it may run."""
+        if self._lent == 0 or self._drained_locked():
+            return 0.0
+        return max(0.0, self._defer_until - time.monotonic())
+
     def _wanted_locked(self, index: int) -> bool:
         """Whether refill thread `index` should create one more isolate now (lock held)."""
         upcoming = len(self._warm) + self._creating
+        if upcoming >= self.target:
+            return False
         if index == 0:
-            return upcoming < self.target
+            return self._deferred_locked() == 0.0
         # Helpers only catch up after a burst, never top up a nearly full pool.
-        return len(self._warm) < self.target // 2 and upcoming < self.target
+        return self._drained_locked()
 
     def _refill_loop(self, index: int) -> None:
         failures = 0
         while True:
             with self._cond:
                 while not self._closed and not self._wanted_locked(index):
-                    # Wake up periodically to recycle idle isolates even when nothing is taken.
-                    self._cond.wait(timeout=min(self._config.idle_ttl_s, 60.0))
+                    # Wake up periodically to recycle idle isolates even when nothing is taken,
+                    # and when a deferred refill is due.
+                    deferred = self._deferred_locked() if index == 0 else 0.0
+                    self._cond.wait(timeout=deferred or min(self._config.idle_ttl_s, 60.0))
                     if index == 0 and self._expire_idle_locked():
                         break
                 if self._closed:
@@ -266,6 +301,9 @@ class WarmPool:
         self._disposer = _Disposer(self._config.max_pending_discards)
         self._observer: PoolObserver = observer or _NullObserver()
         self._pools: dict[str, _RuntimePool] = {}
+        self._lent: dict[int, _RuntimePool] = {}
+        """Pool hits not yet discarded, by id() of the isolate."""
+        self._lent_lock = threading.Lock()
         for factory in factories:
             target = self._config.targets.get(factory.key, self._config.default_target)
             self._pools[factory.key] = _RuntimePool(factory, target, self._config, self._observer)
@@ -294,6 +332,8 @@ class WarmPool:
         if facet_dir is None:
             isolate = pool.take()
             if isolate is not None:
+                with self._lent_lock:
+                    self._lent[id(isolate)] = pool
                 self._observer.acquired(key, True)
                 return isolate, True
         isolate = pool.factory.create_for_immediate_use(facet_dir=facet_dir)
@@ -302,6 +342,10 @@ class WarmPool:
 
     def discard(self, isolate: Isolate) -> None:
         """Hand back a used isolate; it is destroyed in the background (never reused)."""
+        with self._lent_lock:
+            pool = self._lent.pop(id(isolate), None)
+        if pool is not None:
+            pool.returned()
         self._disposer.put(isolate)
 
     def wait_discarded(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from isolates.base import (
@@ -174,3 +175,58 @@ def test_close_destroys_isolates_still_waiting_for_disposal() -> None:
         pool.discard(pool.acquire("wasm/counting")[0])
     pool.close()
     assert factory.destroyed == factory.created == 50
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+def test_refill_after_a_hit_waits_for_its_execution_to_end() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=4, refill_defer_s=30.0))
+    pool.start()
+    try:
+        assert pool.wait_warm(10)
+        isolate, hit = pool.acquire("wasm/counting")
+        assert hit
+        time.sleep(0.2)
+        assert factory.created == 4, "the refill competed with the running execution"
+        pool.discard(isolate)
+        assert _wait_for(lambda: factory.created == 5)
+        assert pool.wait_warm(10)
+    finally:
+        pool.close()
+
+
+def test_refill_starts_after_the_deferral_even_when_the_execution_runs_on() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=4, refill_defer_s=0.05))
+    pool.start()
+    try:
+        assert pool.wait_warm(10)
+        isolate, _ = pool.acquire("wasm/counting")
+        assert _wait_for(lambda: factory.created == 5)
+        assert pool.sizes() == {"wasm/counting": 4}
+        pool.discard(isolate)
+    finally:
+        pool.close()
+
+
+def test_a_drained_pool_refills_to_half_at_once_while_its_isolates_still_run() -> None:
+    factory = CountingFactory()
+    pool = WarmPool([factory], PoolConfig(default_target=4, refill_defer_s=30.0))
+    pool.start()
+    try:
+        assert pool.wait_warm(10)
+        running = [pool.acquire("wasm/counting")[0] for _ in range(3)]
+        assert _wait_for(lambda: pool.sizes()["wasm/counting"] >= 2)
+        for isolate in running:
+            pool.discard(isolate)
+        assert pool.wait_warm(10)
+    finally:
+        pool.close()
