@@ -28,7 +28,12 @@ from isolates.base import IsolateFactory, IsolateKind
 from isolates.jail._cgroups import CgroupLayout, JailCgroup, create_parents, remove_tree
 from isolates.jail._errors import JailStartError, JailUnavailableError
 from isolates.jail._isolate import JailIsolate, initial_memory_limit, wait_for_exit
-from isolates.jail._nsjail_config import ConfigTemplate, compile_driver, policy_path
+from isolates.jail._nsjail_config import (
+    ConfigTemplate,
+    compile_driver,
+    driver_frame,
+    policy_path,
+)
 from isolates.jail._protocol import FrameEOF, FrameReader, FrameTimeout
 from isolates.jail._settings import JailSettings
 
@@ -101,8 +106,9 @@ class JailFactory(IsolateFactory):
             [str(self.layout.parent_dir(c)) for c in self.layout.parents]))
         try:
             try:
-                driver = compile_driver(jail_root(Path(data_dir).resolve()))
-                self._template = ConfigTemplate(self.settings, self.instance_dir, driver)
+                self._driver_frame = driver_frame(
+                    compile_driver(jail_root(Path(data_dir).resolve())))
+                self._template = ConfigTemplate(self.settings, self.instance_dir)
             except RuntimeError as exc:
                 raise JailUnavailableError(str(exc)) from exc
         except Exception:
@@ -146,7 +152,10 @@ class JailFactory(IsolateFactory):
                     stderr=stderr,
                     close_fds=True,
                 )
-            assert process.stdout is not None
+            assert process.stdin is not None and process.stdout is not None
+            # The driver's code: the guest interpreter reads it first thing (see BOOTSTRAP).
+            process.stdin.write(self._driver_frame)
+            process.stdin.flush()
             reader = FrameReader(process.stdout.fileno(), 4096)
             deadline = time.monotonic() + self.settings.ready_timeout_s
             frame = reader.read(deadline)

