@@ -60,10 +60,12 @@ def build(settings: Settings) -> Setup:
     jail_settings = _add_jail(setup, settings, data_dir)
 
     # One store per data directory: grants are in-process, shared by Execute and Facets.
-    # Jailed guests run as an unprivileged host uid; the store hands facet files to it.
-    guest_owner = (
-        (jail_settings.outside_uid, jail_settings.outside_gid) if jail_settings else None
-    )
+    # Jailed guests run as an unprivileged host uid; the store hands facet files to it, which
+    # takes root (a non-root server refuses facets in jails, see JailFactory.check).
+    guest_owner = None
+    if jail_settings is not None and not jail_settings.use_newidmap:
+        assert jail_settings.outside_uid is not None and jail_settings.outside_gid is not None
+        guest_owner = (jail_settings.outside_uid, jail_settings.outside_gid)
     facet_store = FacetStore(data_dir, guest_owner=guest_owner)
     setup.facets = facet_store
     _add_artifacts(setup, settings, data_dir)

@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 DATA_DIR=${SANDBOXD_DATA_DIR:-.sandboxd}
-DEBIAN_PACKAGES="libnl-route-3-200 redis-server redis-tools git bubblewrap procps"
+DEBIAN_PACKAGES="libnl-route-3-200 redis-server redis-tools git bubblewrap procps uidmap"
 
 step() { printf '\n==> %s\n' "$*"; }
 

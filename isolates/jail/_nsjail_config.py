@@ -205,7 +205,12 @@ def build_config(
 
     Returns:
         The configuration; render it with `to_textproto`.
+
+    Raises:
+        ValueError: the guest's host ids are not resolved yet (see _idmap).
     """
+    if settings.outside_uid is None or settings.outside_gid is None:
+        raise ValueError("the guest's host uid and gid must be resolved first")
     return NsJailConfig(
         name=f"sandboxd-{jail_id}",
         mode=Mode.ONCE,
@@ -228,8 +233,10 @@ def build_config(
         clone_newipc=True,
         clone_newuts=True,
         clone_newcgroup=True,
-        uidmap=[IdMap(inside_id=str(GUEST_UID), outside_id=str(settings.outside_uid), count=1)],
-        gidmap=[IdMap(inside_id=str(GUEST_UID), outside_id=str(settings.outside_gid), count=1)],
+        uidmap=[IdMap(inside_id=str(GUEST_UID), outside_id=str(settings.outside_uid), count=1,
+                      use_newidmap=settings.use_newidmap)],
+        gidmap=[IdMap(inside_id=str(GUEST_UID), outside_id=str(settings.outside_gid), count=1,
+                      use_newidmap=settings.use_newidmap)],
         mount_proc=False,
         mount=_mounts(settings, facet_dir),
         seccomp_policy_file=str(policy_path()),

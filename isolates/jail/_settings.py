@@ -19,10 +19,13 @@ class JailSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    outside_uid: int = Field(default=65534, ge=1)
-    """Host uid the guest's uid 1000 maps to (never 0). Default: nobody."""
-    outside_gid: int = Field(default=65534, ge=1)
-    """Host gid the guest's gid 1000 maps to (never 0). Default: nogroup."""
+    outside_uid: int | None = Field(default=None, ge=1)
+    """Host uid the guest's uid 1000 maps to (never 0). None: nobody (65534) when sandboxd runs
+    as root, else the first subordinate uid of the service user (see _idmap)."""
+    outside_gid: int | None = Field(default=None, ge=1)
+    """Host gid the guest's gid 1000 maps to (never 0). None: as for `outside_uid`."""
+    use_newidmap: bool = False
+    """Map the ids through `newuidmap`/`newgidmap`; the factory sets it when not root."""
     max_memory_bytes: int = Field(default=1024 * 1024 * 1024, gt=16 * 1024 * 1024)
     """Ceiling of the per-request memory limit (cgroup memory, tmpfs pages included)."""
     pids_max: int = Field(default=64, ge=8)

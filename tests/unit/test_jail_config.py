@@ -19,10 +19,14 @@ from isolates.jail._nsjail_config import (
 )
 from isolates.jail._settings import JailSettings
 
+NOBODY = {"outside_uid": 65534, "outside_gid": 65534}
+"""The guest's host ids as a root factory resolves them (build_config needs them resolved)."""
+
 
 @pytest.mark.parametrize("settings", [
-    JailSettings(),
-    JailSettings(preload=("json", "xml.dom"), nice_level=5, pids_max=32),
+    JailSettings(**NOBODY),
+    JailSettings(**NOBODY, preload=("json", "xml.dom"), nice_level=5, pids_max=32),
+    JailSettings(outside_uid=201000, outside_gid=201001, use_newidmap=True),
 ])
 def test_template_renders_what_a_full_build_renders(settings: JailSettings, tmp_path: Path) -> None:
     state_root = tmp_path / 'odd "dir" \\ name'
@@ -37,14 +41,14 @@ def test_template_renders_what_a_full_build_renders(settings: JailSettings, tmp_
 
 
 def test_template_refuses_ids_that_would_need_escaping(tmp_path: Path) -> None:
-    template = ConfigTemplate(JailSettings(), tmp_path)
+    template = ConfigTemplate(JailSettings(**NOBODY), tmp_path)
     for bad in ("", 'j1"', "j1\n", "j1 x", "j1\\", "j\u00e91"):
         with pytest.raises(ValueError):
             template.render(bad)
 
 
 def test_driver_runs_isolated_without_site_and_with_preload() -> None:
-    config = build_config(JailSettings(preload=("json",)), "j1", Path("/x/log"))
+    config = build_config(JailSettings(**NOBODY, preload=("json",)), "j1", Path("/x/log"))
     assert config.exec_bin is not None
     assert list(config.exec_bin.arg) == ["-I", "-S", "-B", "-c", BOOTSTRAP, "json"]
 
@@ -52,7 +56,7 @@ def test_driver_runs_isolated_without_site_and_with_preload() -> None:
 def test_nsjail_leaves_cgroups_to_sandboxd() -> None:
     """nsjail moving its child into a cgroup costs a grace-period wait per jail; the jail is
     born in sandboxd's cgroups instead, so nsjail must not be told to make any."""
-    text = render(build_config(JailSettings(), "j1", Path("/x/log")))
+    text = render(build_config(JailSettings(**NOBODY), "j1", Path("/x/log")))
     assert "cgroup_mem" not in text and "cgroup_pids" not in text and "cgroup_cpu" not in text
 
 
@@ -106,3 +110,17 @@ def test_bootstrap_exits_with_a_message_when_the_driver_is_cut_short() -> None:
                               input=cut, capture_output=True, timeout=30)
         assert done.returncode == 1 and done.stdout == b""
         assert b"the driver did not arrive on stdin" in done.stderr
+
+
+def test_the_guest_ids_and_how_they_are_mapped_reach_nsjail() -> None:
+    config = build_config(JailSettings(outside_uid=201000, outside_gid=201001,
+                                       use_newidmap=True), "j1", Path("/x/log"))
+    assert [(m.inside_id, m.outside_id, m.count, m.use_newidmap) for m in config.uidmap] == [
+        ("1000", "201000", 1, True)]
+    assert [(m.inside_id, m.outside_id, m.count, m.use_newidmap) for m in config.gidmap] == [
+        ("1000", "201001", 1, True)]
+
+
+def test_unresolved_guest_ids_are_refused() -> None:
+    with pytest.raises(ValueError, match="resolved"):
+        build_config(JailSettings(), "j1", Path("/x/log"))
