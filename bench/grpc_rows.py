@@ -1,8 +1,10 @@
 """End-to-end rows: a real `sandboxd serve` process driven over gRPC from this process.
 
 The server runs as its own process so its CPU and memory are measured apart from the client's:
-start-up to SERVING, Execute of `print(1)` at concurrency 1, 8 and 64, JavaScript and jail
-executions, and the server's resident memory before and after many executions.
+start-up to SERVING, the round trip of a Health check (the floor under every Execute, back to
+back and paced like the warm jail row), Execute of `print(1)` at concurrency 1, 8 and 64,
+JavaScript and jail executions, and the server's resident memory before and after many
+executions.
 """
 
 from __future__ import annotations
@@ -81,6 +83,20 @@ def _sequential(target: str, n: int, code: str, language: str, isolate: str,
     return samples
 
 
+def _health_checks(target: str, n: int, pause_s: float = 0.0) -> list[float]:
+    """Latencies of `n` Health checks: the gRPC round trip with no execution behind it."""
+    samples = []
+    with Client(target) as client:
+        for _ in range(5):
+            client.health()
+        for _ in range(n):
+            time.sleep(pause_s)
+            started = time.perf_counter()
+            client.health()
+            samples.append(time.perf_counter() - started)
+    return samples
+
+
 async def _concurrent(target: str, total: int, concurrency: int) -> tuple[list[float], float,
                                                                           int, int]:
     """(latencies, wall seconds, errors, rejected) for `total` calls, `concurrency` at once."""
@@ -123,6 +139,11 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
         out.append({"group": GROUP, "name": "server start to SERVING (process spawn)",
                     "n": 1, "seconds": ready_s})
         time.sleep(0.5)  # let the pool fill
+        # The floor under every Execute row: the same client and server, no execution.
+        out.append(summarize(GROUP, "gRPC floor: Health check, c=1",
+                             _health_checks(target, n)))
+        out.append(summarize(GROUP, "gRPC floor: Health check, paced 0.1 s, c=1",
+                             _health_checks(target, max(20, n // 5), pause_s=0.1)))
         out.append(summarize(GROUP, "Execute print(1) wasm python, c=1",
                              _sequential(target, n, "print(1)", "python", "wasm")))
         out.append(summarize(GROUP, "Execute console.log(1) wasm javascript, c=1",
