@@ -15,9 +15,10 @@ creators fill a drained pool about twice as fast on two cores, while a pool that
 is topped up by one thread and leaves the other core to the requests.
 
 A refill waits until the execution that took the isolate has handed it back, for at most
-`refill_defer_s`: creating a jail or a Python isolate takes several milliseconds of CPU, and on
-a small machine starting it at the moment of the hit slowed that very execution down (a warm
-jail's run took about 1 ms longer). A pool drained below half its target refills at once.
+`refill_defer_s`, then for the factory's `refill_pause_s`: creating a jail or a Python isolate
+takes several milliseconds of CPU, and on a small machine starting it at the moment of the hit
+slowed that very execution down, and starting a jail right after the run slowed the result's
+way back to the caller. A pool drained below half its target refills at once.
 
 Used isolates are handed back with `discard()` and destroyed by a background thread, so tearing
 a store or a jail down (a millisecond or more) happens after the result has left, not before.
@@ -127,6 +128,8 @@ class _RuntimePool:
         """Isolates handed out by `take()` and not yet handed back with `returned()`."""
         self._defer_until = 0.0
         """time.monotonic() until which a refill waits for the lent isolates to come back."""
+        self._resume_at = 0.0
+        """time.monotonic() before which no refill starts (the pause after a hand-back)."""
         self._threads = [
             threading.Thread(
                 target=self._refill_loop, args=(i,), name=f"pool-refill-{self.key}-{i}",
@@ -158,6 +161,7 @@ class _RuntimePool:
         """An isolate handed out by `take()` finished its execution: refill may start."""
         with self._cond:
             self._lent = max(0, self._lent - 1)
+            self._resume_at = time.monotonic() + self.factory.refill_pause_s
             if self._lent == 0:
                 self._cond.notify_all()
 
@@ -182,10 +186,11 @@ class _RuntimePool:
         return len(self._warm) < self.target // 2
 
     def _deferred_locked(self) -> float:
-        """Seconds the refill still waits for lent isolates to come back; 0 when it may run."""
-        if self._lent == 0 or self._drained_locked():
+        """Seconds the refill still waits (for lent isolates, then the pause); 0: it may run."""
+        if self._drained_locked():
             return 0.0
-        return max(0.0, self._defer_until - time.monotonic())
+        until = self._resume_at if self._lent == 0 else self._defer_until
+        return max(0.0, until - time.monotonic())
 
     def _wanted_locked(self, index: int) -> bool:
         """Whether refill thread `index` should create one more isolate now (lock held)."""

@@ -230,3 +230,19 @@ def test_a_drained_pool_refills_to_half_at_once_while_its_isolates_still_run() -
         assert pool.wait_warm(10)
     finally:
         pool.close()
+
+
+def test_refill_pauses_after_the_hand_back_as_long_as_the_factory_asks() -> None:
+    factory = CountingFactory()
+    factory.refill_pause_s = 0.5
+    pool = WarmPool([factory], PoolConfig(default_target=4, refill_defer_s=30.0))
+    pool.start()
+    try:
+        assert pool.wait_warm(10)
+        isolate, _ = pool.acquire("wasm/counting")
+        handed_back = time.monotonic()
+        pool.discard(isolate)
+        assert _wait_for(lambda: factory.created == 5)
+        assert time.monotonic() - handed_back >= 0.5
+    finally:
+        pool.close()
