@@ -293,6 +293,11 @@ def _warm_up() -> None:
     exec(compile("print(1)", "<string>", "exec"), namespace)
     sys.stdout.flush()
     marshal.loads(marshal.dumps({"language": "python", "code": "", "env": {"K": "V"}}))
+    # The request replaces the environment: the same calls, on the same values, took 0.4 ms
+    # in a child that had not run them yet.
+    environment = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int) -> None:
