@@ -133,6 +133,12 @@ def compile_driver(cache_dir: Path, python: str = GUEST_PYTHON) -> bytes:
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     partial.write_bytes(done.stdout)
     os.replace(partial, path)
+    # Drivers of older sources or interpreters are never read again (factories load the bytes
+    # once, at start).
+    for stale in cache_dir.glob("driver-*.pyc"):
+        if stale != path:
+            with contextlib.suppress(OSError):
+                stale.unlink()
     return bytes(done.stdout)
 
 

@@ -69,12 +69,15 @@ def test_preload_accepts_module_names_only() -> None:
 def test_driver_is_compiled_by_the_guest_interpreter_once(tmp_path: Path) -> None:
     """The jail runs the driver's bytecode: the guest interpreter's magic number, then code.
 
-    It is compiled into the cache directory once and reused by later factories (and servers).
+    It is compiled into the cache directory once and reused by later factories (and servers);
+    the compiled drivers of other versions are removed.
     """
     magic = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c",
                             "import sys, importlib.util; "
                             "sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER)"],
                            capture_output=True, check=True).stdout
+    stale = tmp_path / "driver-0123456789abcdef01234567.pyc"  # an older driver's
+    stale.write_bytes(b"old")
     pyc = compile_driver(tmp_path)
     assert pyc[:4] == magic and len(pyc) > 1000
     (cached,) = tmp_path.iterdir()
