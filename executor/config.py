@@ -55,6 +55,10 @@ class Settings(BaseModel):
     creating the next isolate does not compete with it for CPU; 0 refills at once."""
     enable_jail: bool = True
     """Serve JAIL isolates; when the host cannot provide cgroups, start without them."""
+    wasm_scratch_bytes: int = Field(default=1024**3, ge=0)
+    """Size of the tmpfs holding every WASM execution's scratch directory when running as root
+    (what guests write goes there, never to the disk); 0 keeps scratch on the data directory's
+    file system, uncapped."""
     jail_preload: tuple[str, ...] = ()
     """Modules every warm jail imports in advance (e.g. `numpy`): free on first use in the code,
     paid by every jail at start-up and in memory. JSON list in the environment."""

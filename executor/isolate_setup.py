@@ -24,7 +24,7 @@ from isolates.facets import FacetStore
 from isolates.jail import JailFactory, JailSettings, JailUnavailableError, reap_stale_jails
 from isolates.wasm.javascript_runtime import JavaScriptFactory
 from isolates.wasm.python_runtime import PythonFactory
-from isolates.wasm.scratch import reap_stale_scratch
+from isolates.wasm.scratch import instance_scratch_root, reap_stale_scratch
 from isolates.wasm.wasi_runtime import WasiFactory
 
 __all__ = ["Setup", "StartError", "build"]
@@ -107,6 +107,8 @@ def _add_wasm(setup: Setup, settings: Settings, data_dir: Path) -> None:
     removed = reap_stale_scratch(data_dir)
     if removed:
         log.info("removed %d scratch directories left by stopped servers", removed)
+    # Created now with the configured size; the factories below share it.
+    instance_scratch_root(data_dir, settings.wasm_scratch_bytes)
     python = PythonFactory(data_dir)
     javascript = JavaScriptFactory(data_dir)
     # Raw WASI modules arrive with each request, so that runtime keeps no warm isolates;

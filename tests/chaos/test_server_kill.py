@@ -43,8 +43,14 @@ def serve(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         assert match, "server did not start"
         yield process, f"127.0.0.1:{match.group(1)}"
     finally:
+        # A server the test did not kill stops the normal way, which also unmounts its
+        # scratch tmpfs (a killed one's is reaped by the next server on the data directory).
         if process.poll() is None:
-            process.kill()
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
         process.wait()
 
 

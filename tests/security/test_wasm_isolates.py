@@ -2,7 +2,7 @@
 
 One test per item that applies to wasm isolates, named after it, each asserting the safe
 outcome: the right status and message, and the host (files, memory, other isolates, the
-factory's ability to keep serving) unchanged. Jail-only items (R2, K1-K5) and API items checked
+factory's ability to keep serving) unchanged. Jail-only items (R2, R6, K1-K5) and API items checked
 at the server (A1-A4) live elsewhere; A5 (bad wasm modules) is checked here at the isolate.
 """
 
@@ -25,6 +25,7 @@ from isolates.wasm import (
     PythonFactory,
     WasiFactory,
 )
+from isolates.wasm.scratch import instance_scratch_root
 from tests.conftest import private_data_dir
 from tests.isolation import run_alone
 
@@ -102,6 +103,34 @@ def test_R3_memory_allocate_and_touch_4_gib_hits_memory_limit(factories: Factori
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert (rss_after - rss_before) * 1024 < 1024 * MIB
     still_serving(factories)
+
+
+def test_R4_filling_the_scratch_space_fails_inside_off_the_host_disk(
+        data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Scratch directories live on a tmpfs of the configured size (16 MiB here): a guest that
+    writes 64 MiB gets a write error at the cap (EIO: WASI's output streams report a failed
+    write without its cause), nothing reaches the data directory's disk, and the space is free
+    again once the isolate is gone."""
+    own = private_data_dir(data_dir, tmp_path_factory.mktemp("wasm-r4"))
+    root = instance_scratch_root(own, 16 * MIB)
+    assert os.path.ismount(root)
+    python = PythonFactory(own)
+    code = (
+        "import errno\n"
+        "written = 0\n"
+        "try:\n"
+        "    with open('big', 'wb') as f:\n"
+        "        for _ in range(64):\n"
+        "            f.write(b'x' * (1 << 20)); f.flush(); written += 1\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno], written)\n"
+    )
+    result = run(python, language=Language.PYTHON, code=code)
+    name, written = result.stdout.split()
+    assert name in (b"EIO", b"ENOSPC") and int(written) <= 16, result
+    usage = os.statvfs(root)
+    assert usage.f_bfree == usage.f_blocks  # the isolate's files went with it
+    assert run(python, language=Language.PYTHON, code="print('ok')").stdout == b"ok\n"
 
 
 def test_R5_huge_output_is_capped_and_counted(factories: Factories) -> None:
