@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from isolates.base import (
     CancelToken,
@@ -186,12 +188,21 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return condition()
 
 
-def test_refill_after_a_hit_waits_for_its_execution_to_end() -> None:
-    factory = CountingFactory()
-    pool = WarmPool([factory], PoolConfig(default_target=4, refill_defer_s=30.0))
+@contextmanager
+def _full_pool(factory: CountingFactory, **config: Any) -> Iterator[WarmPool]:
+    """A started pool of `factory` with `config`, full to its target; closed afterwards."""
+    pool = WarmPool([factory], PoolConfig(**config))
     pool.start()
     try:
         assert pool.wait_warm(10)
+        yield pool
+    finally:
+        pool.close()
+
+
+def test_refill_after_a_hit_waits_for_its_execution_to_end() -> None:
+    factory = CountingFactory()
+    with _full_pool(factory, default_target=4, refill_defer_s=30.0) as pool:
         isolate, hit = pool.acquire("wasm/counting")
         assert hit
         time.sleep(0.2)
@@ -199,50 +210,33 @@ def test_refill_after_a_hit_waits_for_its_execution_to_end() -> None:
         pool.discard(isolate)
         assert _wait_for(lambda: factory.created == 5)
         assert pool.wait_warm(10)
-    finally:
-        pool.close()
 
 
 def test_refill_starts_after_the_deferral_even_when_the_execution_runs_on() -> None:
     factory = CountingFactory()
-    pool = WarmPool([factory], PoolConfig(default_target=4, refill_defer_s=0.05))
-    pool.start()
-    try:
-        assert pool.wait_warm(10)
+    with _full_pool(factory, default_target=4, refill_defer_s=0.05) as pool:
         isolate, _ = pool.acquire("wasm/counting")
         assert _wait_for(lambda: factory.created == 5)
         assert pool.sizes() == {"wasm/counting": 4}
         pool.discard(isolate)
-    finally:
-        pool.close()
 
 
 def test_a_drained_pool_refills_to_half_at_once_while_its_isolates_still_run() -> None:
     factory = CountingFactory()
-    pool = WarmPool([factory], PoolConfig(default_target=4, refill_defer_s=30.0))
-    pool.start()
-    try:
-        assert pool.wait_warm(10)
+    with _full_pool(factory, default_target=4, refill_defer_s=30.0) as pool:
         running = [pool.acquire("wasm/counting")[0] for _ in range(3)]
         assert _wait_for(lambda: pool.sizes()["wasm/counting"] >= 2)
         for isolate in running:
             pool.discard(isolate)
         assert pool.wait_warm(10)
-    finally:
-        pool.close()
 
 
 def test_refill_pauses_after_the_hand_back_as_long_as_the_factory_asks() -> None:
     factory = CountingFactory()
     factory.refill_pause_s = 0.5
-    pool = WarmPool([factory], PoolConfig(default_target=4, refill_defer_s=30.0))
-    pool.start()
-    try:
-        assert pool.wait_warm(10)
+    with _full_pool(factory, default_target=4, refill_defer_s=30.0) as pool:
         isolate, _ = pool.acquire("wasm/counting")
         handed_back = time.monotonic()
         pool.discard(isolate)
         assert _wait_for(lambda: factory.created == 5)
         assert time.monotonic() - handed_back >= 0.5
-    finally:
-        pool.close()
