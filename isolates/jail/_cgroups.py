@@ -149,6 +149,9 @@ class JailCgroup:
         self._mounts = layout.mounts
         self._memsw = False
         self._memory_limit = -1  # the kernel's default: unlimited
+        self._oom_control: int | None = None
+        """memory.oom_control, opened once: read after every run, it costs a `pread` instead of
+        a path lookup in the cgroup file system (0.05 against 0.3-0.4 ms, measured)."""
 
     @property
     def dirs(self) -> dict[str, Path]:
@@ -176,6 +179,7 @@ class JailCgroup:
         cpu = self._dirs["cpu"]
         _write(cpu / "cpu.cfs_period_us", CPU_PERIOD_US)
         _write(cpu / "cpu.cfs_quota_us", cpu_ms_per_sec * CPU_PERIOD_US // 1000)
+        self._oom_control = os.open(memory / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
 
     @contextlib.contextmanager
     def joined(self) -> Iterator[None]:
@@ -226,8 +230,10 @@ class JailCgroup:
         is in this cgroup itself (nsjail makes no cgroup below it, and the guest cannot mount a
         cgroup file system to make one), so this cgroup's counter is the jail's.
         """
+        if self._oom_control is None:
+            return 0  # never created: nothing ran
         try:
-            for line in (self._dirs["memory"] / "memory.oom_control").read_bytes().splitlines():
+            for line in os.pread(self._oom_control, 4096, 0).splitlines():
                 if line.startswith(b"oom_kill "):
                     return int(line[len(b"oom_kill "):])
         except (OSError, ValueError):
@@ -243,6 +249,9 @@ class JailCgroup:
 
     def remove(self, timeout_s: float = 5.0) -> None:
         """Kill every process left in the jail's cgroups and remove the directories."""
+        if self._oom_control is not None:
+            os.close(self._oom_control)
+            self._oom_control = None
         remove_tree(list(self._dirs.values()), timeout_s)
 
 
