@@ -75,7 +75,7 @@ def instance_scratch_root(data_dir: Path, tmpfs_bytes: int = DEFAULT_TMPFS_BYTES
                             "a size cap: mounting a tmpfs on %s failed (%s)", instance,
                             exc.strerror)
             else:
-                atexit.register(_unmount, instance)
+                atexit.register(_unmount_if_owner, instance, os.getpid())
         fd = os.open(instance / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _held_locks.append(fd)
@@ -89,6 +89,12 @@ def _mount_tmpfs(path: Path, size: int) -> None:
     if _libc.mount(b"sandboxd-scratch", os.fsencode(path), b"tmpfs", flags, options) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), str(path))
+
+
+def _unmount_if_owner(path: Path, owner: int) -> None:
+    # A forked child that exits through Python runs the parent's exit hooks too.
+    if os.getpid() == owner:
+        _unmount(path)
 
 
 def _unmount(path: Path) -> None:
