@@ -238,10 +238,6 @@ class IsolateFactory(ABC):
 
     kind: IsolateKind
     runtime: str
-    refill_pause_s: float = 0.0
-    """How long the pool waits, after an isolate of this kind is handed back, before creating
-    its replacement: a creation that competes with the result on its way out slows that
-    result down."""
 
     @property
     def key(self) -> str:

@@ -72,11 +72,6 @@ class JailFactory(IsolateFactory):
 
     kind = IsolateKind.JAIL
     runtime = RUNTIME
-    refill_pause_s = 0.005
-    """Starting the next jail (nsjail's clone, mounts, an interpreter) right after a run slowed
-    that run's result on its way to the caller: a warm jail over gRPC, paced, took 8.4-8.8 ms
-    with no pause and 7.3 ms with 5 ms (interleaved A/B, 2 cores). Wasm refills gain nothing
-    from a pause: a back-to-back caller then finds the refill under its next call."""
 
     def __init__(self, data_dir: Path, settings: JailSettings | None = None) -> None:
         """Prepare the host for jails.

@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import isolates.pool as pool_module
 from isolates.base import (
     CancelToken,
     ExecutionRequest,
@@ -231,12 +234,21 @@ def test_a_drained_pool_refills_to_half_at_once_while_its_isolates_still_run() -
         assert pool.wait_warm(10)
 
 
-def test_refill_pauses_after_the_hand_back_as_long_as_the_factory_asks() -> None:
+def test_a_paced_hit_refills_after_a_pause_a_back_to_back_hit_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "PACED_REFILL_PAUSE_S", 0.5)
+    monkeypatch.setattr(pool_module, "PACED_GAP_S", 5.0)
     factory = CountingFactory()
-    factory.refill_pause_s = 0.5
     with _full_pool(factory, default_target=4, refill_defer_s=30.0) as pool:
+        # The first hit follows no hand-back: the callers count as pausing between calls.
         isolate, _ = pool.acquire("wasm/counting")
         handed_back = time.monotonic()
         pool.discard(isolate)
         assert _wait_for(lambda: factory.created == 5)
         assert time.monotonic() - handed_back >= 0.5
+        # The next hit comes within PACED_GAP_S of that hand-back: no pause.
+        isolate, _ = pool.acquire("wasm/counting")
+        handed_back = time.monotonic()
+        pool.discard(isolate)
+        assert _wait_for(lambda: factory.created == 6)
+        assert time.monotonic() - handed_back < 0.5
