@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -34,7 +33,14 @@ from isolates.base import (
 )
 from isolates.jail._cgroups import JailCgroup
 from isolates.jail._classify import classify
-from isolates.jail._protocol import FrameEOF, FrameReader, FrameTimeout, b64, encode_request
+from isolates.jail._protocol import (
+    FrameEOF,
+    FrameReader,
+    FrameTimeout,
+    b64,
+    encode_request,
+    wait_readable,
+)
 from isolates.jail._settings import JailSettings
 
 LANGUAGES = frozenset({Language.PYTHON, Language.SHELL, Language.COMMAND})
@@ -76,7 +82,7 @@ def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
     try:
         # An unreaped child keeps its pid, so the pidfd is this process's; it becomes readable
         # when the process exits (at once if it is already a zombie).
-        readable, _, _ = select.select([pidfd], [], [], timeout_s)
+        readable = wait_readable(pidfd, timeout_s)
     finally:
         os.close(pidfd)
     if not readable:

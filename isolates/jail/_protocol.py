@@ -110,8 +110,7 @@ class FrameReader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FrameTimeout
-            readable, _, _ = select.select([self._fd], [], [], remaining)
-            if not readable:
+            if not wait_readable(self._fd, remaining):
                 continue
             try:
                 chunk = os.read(self._fd, 1 << 20)
@@ -120,6 +119,17 @@ class FrameReader:
             if not chunk:
                 raise FrameEOF
             self._buffer += chunk
+
+
+def wait_readable(fd: int, timeout_s: float) -> bool:
+    """Whether `fd` became readable (or hung up) within `timeout_s`.
+
+    `poll`, not `select`: select() refuses descriptor numbers from 1024 up, which a server
+    holding many files (artifact packs, clients, jails) reaches.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000))
 
 
 def b64(message: dict[str, Any], key: str) -> bytes:
