@@ -21,6 +21,19 @@ from executor.server import Server
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_released() -> Iterator[None]:
+    """Unmount the scratch tmpfs of every data directory this session used, when it ends.
+
+    The process's exit hook does the same, but a test session runs many exit hooks of other
+    libraries first; this does not depend on their order.
+    """
+    yield
+    from isolates.wasm.scratch import release_instances
+
+    release_instances()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The data directory holding the built runtimes (SANDBOXD_DATA_DIR or ./.sandboxd)."""

@@ -8,7 +8,8 @@ lock is free (left by a crashed or killed process), so a crash never leaks disk 
 When sandboxd runs as root, `<instance>` is a size-capped tmpfs (`DEFAULT_TMPFS_BYTES` unless
 the server configures it): what WASM guests write can fill that, never the host's disk, and
 creating and removing a scratch directory there costs 0.04 ms instead of 0.27 ms on ext4. It is
-unmounted when the process exits normally, and by the reaper after a crash. Without root the
+unmounted when the process exits normally (`release_instances`), and by the reaper after a
+crash. Without root the
 instance is a plain directory on the data directory's file system (see docs/wasm.md).
 
 The host writes input files there before the run and reads requested output files after it.
@@ -49,6 +50,7 @@ _instances: dict[Path, Path] = {}
 _instances_lock = threading.Lock()
 _held_locks: list[int] = []
 """Descriptors holding the instance locks; open for the life of the process on purpose."""
+_OWNER_PID = os.getpid()
 
 
 def instance_scratch_root(data_dir: Path, tmpfs_bytes: int = DEFAULT_TMPFS_BYTES) -> Path:
@@ -74,8 +76,6 @@ def instance_scratch_root(data_dir: Path, tmpfs_bytes: int = DEFAULT_TMPFS_BYTES
                 log.warning("scratch space stays on the data directory's file system, without "
                             "a size cap: mounting a tmpfs on %s failed (%s)", instance,
                             exc.strerror)
-            else:
-                atexit.register(_unmount_if_owner, instance, os.getpid())
         fd = os.open(instance / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _held_locks.append(fd)
@@ -91,10 +91,22 @@ def _mount_tmpfs(path: Path, size: int) -> None:
         raise OSError(code, os.strerror(code), str(path))
 
 
-def _unmount_if_owner(path: Path, owner: int) -> None:
-    # A forked child that exits through Python runs the parent's exit hooks too.
-    if os.getpid() == owner:
-        _unmount(path)
+def release_instances() -> None:
+    """Remove this process's scratch directories, unmounting their tmpfs (run at exit).
+
+    Safe to call early (tests do, at the end of a session); a later `instance_scratch_root`
+    makes a new one.
+    """
+    with _instances_lock:
+        if os.getpid() != _OWNER_PID:
+            return  # a forked child that exits through Python runs the parent's exit hooks
+        instances = list(_instances.values())
+        _instances.clear()
+    for instance in instances:
+        if os.path.ismount(instance):
+            _unmount(instance)
+        else:
+            shutil.rmtree(instance, ignore_errors=True)
 
 
 def _unmount(path: Path) -> None:
@@ -231,3 +243,6 @@ class ScratchDir:
             os.rmdir(self.path)
         except OSError:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+atexit.register(release_instances)
