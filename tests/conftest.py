@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,12 +93,23 @@ def start_server(data_dir: Path, **overrides: object) -> RunningServer:
 
 @pytest.fixture(scope="session")
 def server(data_dir: Path) -> Iterator[RunningServer]:
-    """One real server for the whole session."""
-    running = start_server(data_dir)
+    """One real server for the whole session, on a data directory of its own: the repos,
+    facets and jails that tests make stay out of the one `make serve` uses.
+
+    It lives in a world-traversable directory: jails bind facet directories from it, which
+    needs every ancestor to be searchable (pytest's temporary directories are not).
+    """
+    parent = Path(tempfile.mkdtemp(prefix="sandboxd-session-"))
+    parent.chmod(0o755)
+    running = start_server(private_data_dir(data_dir, parent))
     try:
         yield running
     finally:
         running.stop()
+        from isolates.wasm.scratch import release_instances
+
+        release_instances()  # the scratch tmpfs inside, before the directory goes
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
