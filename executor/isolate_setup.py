@@ -57,15 +57,11 @@ def build(settings: Settings) -> Setup:
     setup = Setup()
     data_dir = settings.data_dir.resolve()
     _add_wasm(setup, settings, data_dir)
-    jail_settings = _add_jail(setup, settings, data_dir)
+    jail = _add_jail(setup, settings, data_dir)
 
     # One store per data directory: grants are in-process, shared by Execute and Facets.
-    # Jailed guests run as an unprivileged host uid; the store hands facet files to it, which
-    # takes root (a non-root server refuses facets in jails, see JailFactory.check).
-    guest_owner = None
-    if jail_settings is not None and not jail_settings.use_newidmap:
-        assert jail_settings.outside_uid is not None and jail_settings.outside_gid is not None
-        guest_owner = (jail_settings.outside_uid, jail_settings.outside_gid)
+    # Jailed guests run as an unprivileged host uid; the store hands facet files to it.
+    guest_owner = jail.facet_owner if jail is not None else None
     facet_store = FacetStore(data_dir, guest_owner=guest_owner)
     setup.facets = facet_store
     _add_artifacts(setup, settings, data_dir)
@@ -120,7 +116,7 @@ def _add_wasm(setup: Setup, settings: Settings, data_dir: Path) -> None:
     setup.pool_targets[javascript.key] = settings.pool_wasm_javascript
 
 
-def _add_jail(setup: Setup, settings: Settings, data_dir: Path) -> JailSettings | None:
+def _add_jail(setup: Setup, settings: Settings, data_dir: Path) -> JailFactory | None:
     if not settings.enable_jail:
         return None
     report = reap_stale_jails(data_dir)
@@ -134,4 +130,4 @@ def _add_jail(setup: Setup, settings: Settings, data_dir: Path) -> JailSettings 
     setup.factories.append(jail)
     setup.pool_targets[jail.key] = settings.pool_jail
     setup.jail_available = True
-    return jail.settings
+    return jail

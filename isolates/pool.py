@@ -137,8 +137,6 @@ class _RuntimePool:
         """Isolates handed out by `take()` and not yet handed back with `returned()`."""
         self._defer_until = 0.0
         """time.monotonic() until which a refill waits for the lent isolates to come back."""
-        self._resume_at = 0.0
-        """time.monotonic() before which no refill starts (the pause after a hand-back)."""
         self._returned_at = -math.inf
         """time.monotonic() of the last hand-back."""
         self._paced = True
@@ -177,7 +175,6 @@ class _RuntimePool:
         with self._cond:
             self._lent = max(0, self._lent - 1)
             self._returned_at = time.monotonic()
-            self._resume_at = self._returned_at + (PACED_REFILL_PAUSE_S if self._paced else 0.0)
             if self._lent == 0:
                 self._cond.notify_all()
 
@@ -205,7 +202,10 @@ class _RuntimePool:
         """Seconds the refill still waits (for lent isolates, then the pause); 0: it may run."""
         if self._drained_locked():
             return 0.0
-        until = self._resume_at if self._lent == 0 else self._defer_until
+        if self._lent:
+            until = self._defer_until
+        else:
+            until = self._returned_at + (PACED_REFILL_PAUSE_S if self._paced else 0.0)
         return max(0.0, until - time.monotonic())
 
     def _wanted_locked(self, index: int) -> bool:

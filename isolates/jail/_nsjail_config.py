@@ -122,11 +122,11 @@ def compile_driver(cache_dir: Path, python: str = GUEST_PYTHON) -> bytes:
     path = cache_dir / f"driver-{key}.pyc"
     with contextlib.suppress(OSError):
         cached = path.read_bytes()
-        if len(cached) > 16:
+        if len(cached) > PYC_HEADER_BYTES:
             return cached
     done = subprocess.run([python, "-I", "-S", "-B", "-c", _COMPILE_DRIVER, DRIVER_NAME],
                           input=source, capture_output=True, timeout=60, check=False)
-    if done.returncode != 0 or len(done.stdout) <= 16:
+    if done.returncode != 0 or len(done.stdout) <= PYC_HEADER_BYTES:
         raise RuntimeError(f"{python} could not compile the jail driver: "
                            f"{done.stderr.decode(errors='replace')[-500:]}")
     cache_dir.mkdir(parents=True, exist_ok=True)

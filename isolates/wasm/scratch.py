@@ -46,10 +46,10 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
-_instances: dict[Path, Path] = {}
+_instances: dict[Path, tuple[Path, int]] = {}
+"""DATA_DIR/scratch -> this process's instance directory there, and the descriptor holding
+its lock (open as long as the instance lives, on purpose)."""
 _instances_lock = threading.Lock()
-_held_locks: list[int] = []
-"""Descriptors holding the instance locks; open for the life of the process on purpose."""
 _OWNER_PID = os.getpid()
 
 
@@ -65,7 +65,7 @@ def instance_scratch_root(data_dir: Path, tmpfs_bytes: int = DEFAULT_TMPFS_BYTES
     with _instances_lock:
         existing = _instances.get(root)
         if existing is not None:
-            return existing
+            return existing[0]
         root.mkdir(parents=True, exist_ok=True)
         instance = root / f"{os.getpid()}-{secrets.token_hex(4)}"
         instance.mkdir(mode=0o700)
@@ -78,8 +78,7 @@ def instance_scratch_root(data_dir: Path, tmpfs_bytes: int = DEFAULT_TMPFS_BYTES
                             exc.strerror)
         fd = os.open(instance / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _held_locks.append(fd)
-        _instances[root] = instance
+        _instances[root] = (instance, fd)
         return instance
 
 
@@ -102,18 +101,16 @@ def release_instances() -> None:
             return  # a forked child that exits through Python runs the parent's exit hooks
         instances = list(_instances.values())
         _instances.clear()
-    for instance in instances:
-        if os.path.ismount(instance):
-            _unmount(instance)
-        else:
-            shutil.rmtree(instance, ignore_errors=True)
+    for instance, lock in instances:
+        _remove_instance(instance)
+        os.close(lock)
 
 
-def _unmount(path: Path) -> None:
-    """Detach the tmpfs on `path` (its files go with it), then remove the empty mount point."""
-    _libc.umount2(os.fsencode(path), _MNT_DETACH)
-    with contextlib.suppress(OSError):
-        os.rmdir(path)
+def _remove_instance(path: Path) -> None:
+    """Delete an instance directory, detaching its tmpfs first if it has one."""
+    if os.path.ismount(path):
+        _libc.umount2(os.fsencode(path), _MNT_DETACH)  # the tmpfs's files go with it
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def reap_stale_scratch(data_dir: Path) -> int:
@@ -140,9 +137,7 @@ def reap_stale_scratch(data_dir: Path) -> int:
             finally:
                 os.close(fd)
         if entry.is_dir() and not entry.is_symlink():
-            if os.path.ismount(entry):
-                _unmount(entry)
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove_instance(entry)
         else:
             with contextlib.suppress(OSError):
                 entry.unlink()
