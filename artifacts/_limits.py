@@ -32,3 +32,5 @@ class StoreLimits(BaseModel):
     """zlib level of packs the store writes (git's own default for new objects is 1)."""
     threads: int = 2
     """Compression threads per commit."""
+    max_packs: int = 16
+    """Packs the store holds before the smaller ones are merged (see `artifacts._consolidate`)."""

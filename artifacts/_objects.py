@@ -21,15 +21,20 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dulwich.errors import ObjectFormatException
+from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import ObjectID, RawObjectID
+from dulwich.pack import Pack
 
+from artifacts._consolidate import Consolidator
 from artifacts._errors import ArtifactsError, InvalidArgumentError, LimitExceededError
 from artifacts._limits import StoreLimits
 from artifacts._packscan import PackGuard, guard_reads
@@ -78,6 +83,11 @@ class SharedObjectStore(DiskObjectStore):
         super().__init__(str(path), pack_compression_level=limits.compression_level)
         self.limits = limits
         self.tmp_dir = tmp_dir
+        self.compression_level = limits.compression_level
+        self._cache_lock = threading.RLock()
+        self._retired: list[Any] = []
+        """Merged-away packs still open because a reader may hold them."""
+        self.consolidator = Consolidator(self, limits.max_packs)
 
     @classmethod
     def open(cls, path: Path, tmp_dir: Path, limits: StoreLimits) -> SharedObjectStore:
@@ -115,7 +125,71 @@ class SharedObjectStore(DiskObjectStore):
     def land(self, writer: PackWriter) -> None:
         """Finish a pack started with `new_pack_writer` and make its objects visible."""
         writer.finish()
+        self._landed()
+
+    def _landed(self) -> None:
         self._update_pack_cache()
+        self.close_released()
+        if len(self._pack_cache) > self.limits.max_packs:
+            self.consolidator.poke()
+
+    # -- packs: the cache, merging, retiring --------------------------------------------------
+
+    def _update_pack_cache(self) -> list[Any]:
+        # Serialized with `retire`, so that a rescan never reopens a pack being retired.
+        with self._cache_lock:
+            return super()._update_pack_cache()
+
+    def update_pack_cache(self) -> None:
+        """Pick up packs that appeared in the pack directory."""
+        self._update_pack_cache()
+
+    def cached_packs(self) -> list[Any]:
+        """The packs known now, without rescanning the directory."""
+        return list(self._iter_cached_packs())
+
+    def current_packs(self) -> list[Any]:
+        """The packs in the pack directory now."""
+        self._update_pack_cache()
+        return self.cached_packs()
+
+    def retire(self, packs: Sequence[Any]) -> None:
+        """Remove packs whose objects are all in another pack of the store.
+
+        Each pack leaves the cache and its files are deleted, but it stays open (its files
+        opened first) until no reader holds it any more: a lookup or clone that picked it
+        up a moment ago finishes undisturbed.
+        """
+        with self._cache_lock:
+            for pack in packs:
+                pack.data, pack.index  # noqa: B018 (open both files before they are deleted)
+                name = os.path.basename(pack._basename)
+                self._pack_cache.pop(name, None)
+                if name in self._pack_access_order:
+                    self._pack_access_order.remove(name)
+                self._retired.append(pack)
+                for path in (pack._data_path, pack._idx_path):
+                    Path(path).unlink(missing_ok=True)
+
+    def close_released(self) -> None:
+        """Close retired packs that nothing but this store refers to any more."""
+        with self._cache_lock:
+            keep = []
+            for pack in self._retired:
+                if _held_elsewhere(pack):
+                    keep.append(pack)
+                else:
+                    pack.close()
+            self._retired = keep
+
+    def close(self) -> None:
+        """Stop merging and close every pack."""
+        self.consolidator.close()
+        with self._cache_lock:
+            for pack in self._retired:
+                pack.close()
+            self._retired = []
+        super().close()
 
     # -- raw ingest -------------------------------------------------------------------------
 
@@ -209,7 +283,7 @@ class SharedObjectStore(DiskObjectStore):
             target = self.pack_path / base.name
             os.replace(base.with_suffix(".pack"), target.with_suffix(".pack"))
             os.replace(base.with_suffix(".idx"), target.with_suffix(".idx"))
-            self._update_pack_cache()
+            self._landed()
             return received
         except ArtifactsError as e:
             log.info("push refused: %s", e)
@@ -229,6 +303,27 @@ class SharedObjectStore(DiskObjectStore):
             for ref in check_object(obj.type_num, obj.as_raw_string(), field):
                 if ref not in received and not visible(ref):
                     raise InvalidArgumentError(field, f"references missing {ref.decode()}")
+
+
+def _pack_self_references() -> int:
+    """References a dulwich `Pack` holds to itself (its lazy loaders close over `self`)."""
+    probe = Pack("/nonexistent/pack-probe", object_format=DEFAULT_OBJECT_FORMAT)  # opens nothing
+    return sys.getrefcount(probe) - 2  # less `probe` and getrefcount's argument
+
+
+_PACK_SELF_REFERENCES = _pack_self_references()
+
+
+def _held_elsewhere(pack: Any) -> bool:
+    """Whether anything besides the retired list refers to `pack` or its open files."""
+    # Expected: the pack's own references, the retired list, the caller's loop variable,
+    # this function's parameter and getrefcount's argument; for its data and index, the
+    # pack's attribute and the argument.
+    return (
+        sys.getrefcount(pack) > _PACK_SELF_REFERENCES + 4
+        or (pack._data is not None and sys.getrefcount(pack._data) > 2)
+        or (pack._idx is not None and sys.getrefcount(pack._idx) > 2)
+    )
 
 
 class _Quarantine(DiskObjectStore):

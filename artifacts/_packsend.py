@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import mmap
+import os
 import struct
 import threading
 import zlib
@@ -30,8 +31,9 @@ class _PackMap:
     """A stored pack mapped in memory with its entries' boundaries."""
 
     def __init__(self, pack: Any) -> None:
-        with open(pack._data_path, "rb") as f:
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # Mapped from the pack's open file, not its path: a merged-away pack's files are
+        # deleted while clones that found it may still read it.
+        self.mm = mmap.mmap(pack.data._file.fileno(), 0, access=mmap.ACCESS_READ)
         rows = sorted((off, sha) for sha, off, _crc in pack.index.iterentries())
         self.offsets = [off for off, _ in rows]
         self.sha_at = dict(rows)
@@ -53,7 +55,14 @@ class PackSender:
         self._lock = threading.Lock()
 
     def _locate(self, raw_sha: bytes) -> tuple[_PackMap, int] | None:
-        for pack in self._store.packs:
+        found = self._find(raw_sha, self._store.cached_packs())
+        if found is None:
+            # A pack may have landed since: rescan the directory once.
+            found = self._find(raw_sha, self._store.current_packs())
+        return found
+
+    def _find(self, raw_sha: bytes, packs: list[Any]) -> tuple[_PackMap, int] | None:
+        for pack in packs:
             try:
                 offset = pack.index.object_offset(raw_sha)
             except KeyError:
@@ -66,8 +75,15 @@ class PackSender:
             return pm, offset
         return None
 
+    def _forget_merged(self) -> None:
+        """Drop the maps of packs merged away (a clone still using one keeps it alive)."""
+        with self._lock:
+            for name in [name for name in self._maps if not os.path.exists(name)]:
+                del self._maps[name]
+
     def pack_stream(self, object_ids: Sequence[bytes]) -> Iterator[bytes]:
         """Yield a complete pack (header, entries, checksum) holding ``object_ids`` (hex)."""
+        self._forget_merged()
         sending = {bytes.fromhex(s.decode()) for s in object_ids}
         checksum = hashlib.sha1()
         out = bytearray(b"PACK" + struct.pack(">LL", 2, len(object_ids)))

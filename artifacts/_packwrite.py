@@ -207,7 +207,7 @@ class PackWriter:
         # The .pack goes in first: readers only open a pack whose .idx exists too.
         os.replace(self._tmp_path, base.with_suffix(".pack"))
         os.replace(idx_tmp, base.with_suffix(".idx"))
-        _fsync_dir(self._pack_dir)
+        fsync_path(self._pack_dir)
         return base
 
     def abort(self) -> None:
@@ -218,7 +218,8 @@ class PackWriter:
         self._tmp_path.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory entry list to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
