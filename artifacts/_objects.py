@@ -138,7 +138,13 @@ class SharedObjectStore(DiskObjectStore):
     def _update_pack_cache(self) -> list[Any]:
         # Serialized with `retire`, so that a rescan never reopens a pack being retired.
         with self._cache_lock:
-            return super()._update_pack_cache()
+            new_packs = super()._update_pack_cache()
+            for pack in new_packs:
+                # dulwich opens a pack's files on first use, without a lock: two threads'
+                # first lookups would each open them, and one pair would stay open until the
+                # garbage collector found it. Opened here, once, under the lock.
+                pack.index, pack.data  # noqa: B018
+            return new_packs
 
     def update_pack_cache(self) -> None:
         """Pick up packs that appeared in the pack directory."""
