@@ -95,7 +95,9 @@ class SharedObjectStore(DiskObjectStore):
         (path / "pack").mkdir(parents=True, exist_ok=True)
         (path / "info").mkdir(exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        return cls(path, tmp_dir, limits)
+        store = cls(path, tmp_dir, limits)
+        store._landed()  # a store left with many packs is merged without waiting for a commit
+        return store
 
     @property
     def pack_path(self) -> Path:
@@ -128,6 +130,7 @@ class SharedObjectStore(DiskObjectStore):
         self._landed()
 
     def _landed(self) -> None:
+        """After packs appeared: pick them up, close what is released, merge when due."""
         self._update_pack_cache()
         self.close_released()
         if len(self._pack_cache) > self.limits.max_packs:

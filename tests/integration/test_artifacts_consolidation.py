@@ -117,6 +117,22 @@ def test_merged_store_survives_a_restart(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_a_store_opened_with_many_packs_merges_them(tmp_path: Path) -> None:
+    """Packs left by a server with a higher limit are merged at start, before any commit."""
+    store = ArtifactStore(tmp_path / "data", limits=StoreLimits(max_packs=1000))
+    store.create_repo("r")
+    ids = commit_many(store, "r", 20)
+    store.close()
+    assert len(list((tmp_path / "data").rglob("pack-*.pack"))) == 20
+    reopened = ArtifactStore(tmp_path / "data", limits=StoreLimits(max_packs=MAX_PACKS))
+    try:
+        assert reopened.objects.consolidator.wait_idle(60)
+        assert len(pack_files(reopened)) <= MAX_PACKS + 1
+        assert [c.id for c in reopened.log("r", limit=100)] == list(reversed(ids))
+    finally:
+        reopened.close()
+
+
 def test_git_clone_and_push_across_merges(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "data", limits=StoreLimits(max_packs=MAX_PACKS))
     server = GitHttpServer(store, "127.0.0.1", 0)
