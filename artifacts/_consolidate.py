@@ -86,6 +86,10 @@ class PackStore(Protocol):
         """Pick up packs that appeared in the pack directory."""
 
 
+class _Abandoned(Exception):
+    """The store closed during a merge."""
+
+
 class Consolidator:
     """Background thread merging small packs whenever the store has too many."""
 
@@ -117,13 +121,13 @@ class Consolidator:
         return self._idle.wait(timeout)
 
     def close(self) -> None:
-        """Stop the thread after the merge in progress, if any."""
+        """Stop the thread; a merge in progress is abandoned (its packs stay as they were)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
             thread = self._thread
         if thread is not None:
-            thread.join(timeout=600)
+            thread.join(timeout=60)
 
     def consolidate_now(self) -> int:
         """Merge until the packs form a progression or number at most `max_packs`.
@@ -156,6 +160,8 @@ class Consolidator:
                 self._pending = False
             try:
                 self.consolidate_now()
+            except _Abandoned:
+                log.info("pack merge abandoned: the store is closing")
             except Exception:
                 # Nothing is lost: the packs stay as they are and the next landing retries.
                 log.exception("merging packs failed")
@@ -173,6 +179,8 @@ class Consolidator:
                 try:
                     for chunk in PackSender(self._store, self._store.compression_level
                                             ).pack_stream(list(ids)):
+                        if self._closed:  # shutting down must not wait for a large merge
+                            raise _Abandoned
                         f.write(chunk)
                     merged = commit()
                 except BaseException:

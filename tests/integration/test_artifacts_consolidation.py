@@ -133,6 +133,25 @@ def test_a_store_opened_with_many_packs_merges_them(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_closing_during_a_merge_keeps_every_object(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    store = ArtifactStore(data, limits=StoreLimits(max_packs=1000))
+    store.create_repo("r")
+    contents = {f"big{i}.bin": os.urandom(2 * 1024 * 1024) for i in range(12)}
+    for path, content in contents.items():
+        store.commit("r", [FileInput(path=path, data=content)], f"add {path}")
+    store.close()
+    merging = ArtifactStore(data, limits=StoreLimits(max_packs=2))  # starts merging 24 MB
+    merging.close()  # at once: the merge is abandoned or finishes, nothing in between
+    assert list((data / "artifacts" / "tmp").glob("consolidate-*")) == []
+    reopened = ArtifactStore(data, limits=StoreLimits(max_packs=1000))
+    try:
+        for path, content in contents.items():
+            assert reopened.read_blob("r", path) == content
+    finally:
+        reopened.close()
+
+
 def test_git_clone_and_push_across_merges(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "data", limits=StoreLimits(max_packs=MAX_PACKS))
     server = GitHttpServer(store, "127.0.0.1", 0)
