@@ -21,7 +21,7 @@ from dulwich.objects import ObjectID
 from artifacts._packwrite import OBJ_COMMIT, OBJ_TAG, OBJ_TREE
 from artifacts._validate import MODE_GITLINK, MODE_TREE
 
-__all__ = ["Reachability"]
+__all__ = ["Reachability", "is_ancestor"]
 
 
 class Reachability:
@@ -70,3 +70,34 @@ class Reachability:
                 pos = nul + 21
         elif type_num == OBJ_TAG:
             self._push(raw.split(b"\n", 1)[0][7:])
+
+
+def is_ancestor(
+    store: BaseObjectStore, tips: Iterable[bytes], sha: bytes, limit: int = 10_000
+) -> bool:
+    """Whether commit ``sha`` (hex) is one of ``tips`` or an ancestor of one.
+
+    Walks commit parents only, at most ``limit`` commits, so the answer costs little even on a
+    long history; a commit further back than that is reported as not found.
+    """
+    seen: set[bytes] = set()
+    todo = deque(tips)
+    while todo and len(seen) < limit:
+        commit = todo.popleft()
+        if commit in seen:
+            continue
+        seen.add(commit)
+        if commit == sha:
+            return True
+        try:
+            type_num, raw = store.get_raw(ObjectID(commit))
+        except KeyError:
+            continue
+        if type_num == OBJ_TAG:  # an annotated tag: follow it to what it names
+            todo.append(raw.split(b"\n", 1)[0][7:])
+            continue
+        if type_num != OBJ_COMMIT:
+            continue
+        header = raw.split(b"\n\n", 1)[0]
+        todo.extend(line[7:] for line in header.split(b"\n") if line.startswith(b"parent "))
+    return False

@@ -15,7 +15,7 @@ stateless-RPC (smart HTTP). The pieces:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from dulwich.config import ConfigFile
 from dulwich.errors import HookError
@@ -35,7 +35,7 @@ from artifacts._errors import InvalidArgumentError
 from artifacts._objects import SharedObjectStore
 from artifacts._packsend import PackSender
 from artifacts._packwrite import OBJ_COMMIT, OBJ_TAG
-from artifacts._reach import Reachability
+from artifacts._reach import Reachability, is_ancestor
 from artifacts._repos import RepoRecord
 from artifacts._store import ArtifactStore
 from artifacts._validate import check_ref_name
@@ -141,6 +141,8 @@ class _UploadPack(UploadPackHandler):
         def determine_wants(
             refs: Mapping[Ref, ObjectID], depth: int | None = None
         ) -> list[ObjectID]:
+            if not self.advertise_refs:
+                refs = self._with_moved_tips(walker, refs)
             wants.extend(walker.determine_wants(refs, depth))
             return wants
 
@@ -157,6 +159,52 @@ class _UploadPack(UploadPackHandler):
         for chunk in self.sender.pack_stream(object_ids):
             self.write_pack_data(chunk)
         self.proto.write_pkt_line(None)
+
+
+    def _with_moved_tips(
+        self, walker: _ProtocolGraphWalker, refs: Mapping[Ref, ObjectID]
+    ) -> Mapping[Ref, ObjectID]:
+        """``refs`` plus the wanted commits that a ref has since moved past.
+
+        Over smart HTTP the client reads the refs in one request and asks for them in the
+        next; a commit in between moves the branch, and dulwich refuses a want that is no
+        longer a tip. Like git's upload-pack in stateless mode, a want that is an ancestor of
+        a current tip of this repo is served (never an object only other repos reach).
+        """
+        lines: list[bytes | None] = []
+        line = self.proto.read_pkt_line()
+        while line is not None and line.startswith(b"want "):
+            lines.append(line)
+            line = self.proto.read_pkt_line()
+        lines.append(line)
+        walker.proto = cast(Protocol, _Replay(self.proto, lines))  # dulwich reads them again
+        tips = set(refs.values())
+        moved: dict[Ref, ObjectID] = {}
+        for want in lines[:-1]:
+            assert want is not None
+            sha = want[5:45]
+            if sha not in tips and is_ancestor(self.repo.object_store, tips, sha):
+                moved[Ref(b"refs/sandboxd/moved/" + sha)] = ObjectID(sha)
+        return {**refs, **moved} if moved else refs
+
+
+class _Replay:
+    """A dulwich `Protocol` that first hands back pkt-lines already read."""
+
+    def __init__(self, proto: Protocol, lines: list[bytes | None]) -> None:
+        self._proto = proto
+        self._lines = lines
+
+    def read_pkt_line(self) -> bytes | None:
+        if self._lines:
+            return self._lines.pop(0)
+        return self._proto.read_pkt_line()
+
+    def unread_pkt_line(self, data: bytes | None) -> None:
+        self._lines.insert(0, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proto, name)
 
 
 def _handler(

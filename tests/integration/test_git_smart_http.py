@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +182,34 @@ def test_git_restart_keeps_pushed_history(tmp_path: Path) -> None:
     finally:
         server2.stop()
         store2.close()
+
+
+def test_git_clone_while_commits_land(
+    served: tuple[ArtifactStore, GitHttpServer], tmp_path: Path
+) -> None:
+    """Clones succeed while an agent keeps committing (the branch moves between the
+    clone's two requests)."""
+    store, _server = served
+    repo = store.create_repo("busy")
+    assert repo.token
+    store.commit("busy", [FileInput(path="seed.txt", data=b"seed\n")], "seed")
+    url = authed(repo.clone_url, repo.token)
+    stop = threading.Event()
+
+    def keep_committing() -> None:
+        i = 0
+        while not stop.is_set():
+            store.commit("busy", [FileInput(path=f"f{i % 5}.txt", data=f"{i}\n".encode())],
+                         f"commit {i}")
+            i += 1
+
+    committer = threading.Thread(target=keep_committing)
+    committer.start()
+    try:
+        for n in range(6):
+            work = tmp_path / f"clone{n}"
+            git("clone", "-q", url, str(work))
+            git("fsck", "--strict", "--no-dangling", cwd=work)
+    finally:
+        stop.set()
+        committer.join()

@@ -413,3 +413,49 @@ def test_artifacts_http_without_token_gets_401_and_nothing_else(
             conn.close()
             assert resp.status == status
             assert b"refs/heads" not in body and b"secret" not in body
+
+
+def upload_pack(server: GitHttpServer, repo: str, token: str, want: str) -> bytes:
+    """POST a raw upload-pack request wanting one object; return the response body."""
+    line = f"want {want} side-band-64k thin-pack ofs-delta\n".encode()
+    body = b"%04x" % (len(line) + 4) + line + b"0000" + b"0009done\n"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    auth = base64.b64encode(f"x:{token}".encode()).decode()
+    conn.request(
+        "POST",
+        f"/git/{repo}/git-upload-pack",
+        body=body,
+        headers={
+            "Authorization": f"Basic {auth}",
+            "Content-Type": "application/x-git-upload-pack-request",
+        },
+    )
+    resp = conn.getresponse()
+    try:
+        out = resp.read()
+    except http.client.IncompleteRead as exc:  # the server ends the stream on a refusal
+        out = exc.partial
+    conn.close()
+    return out
+
+
+def test_artifacts_fetch_of_a_tip_the_branch_moved_past_is_served(
+    store: ArtifactStore, server: GitHttpServer
+) -> None:
+    """A clone reads the refs, a commit moves the branch, then the clone asks for the old tip."""
+    repo = store.create_repo("r")
+    old_tip = store.commit("r", [FileInput(path="f", data=b"one")], "first")
+    store.commit("r", [FileInput(path="f", data=b"two")], "second")
+    out = upload_pack(server, "r", repo.token or "", old_tip)
+    assert b"PACK" in out
+
+
+def test_artifacts_fetch_of_another_repos_commit_refused(
+    store: ArtifactStore, server: GitHttpServer
+) -> None:
+    mine = store.create_repo("mine")
+    store.commit("mine", [FileInput(path="f", data=b"mine")], "m")
+    store.create_repo("theirs")
+    foreign = store.commit("theirs", [FileInput(path="secret", data=b"their-secret")], "t")
+    out = upload_pack(server, "mine", mine.token or "", foreign)
+    assert b"PACK" not in out and b"their-secret" not in out
