@@ -21,7 +21,7 @@ from dulwich.objects import ObjectID
 from artifacts._packwrite import OBJ_COMMIT, OBJ_TAG, OBJ_TREE
 from artifacts._validate import MODE_GITLINK, MODE_TREE
 
-__all__ = ["Reachability", "is_ancestor"]
+__all__ = ["Reachability", "ancestors_among"]
 
 
 class Reachability:
@@ -72,32 +72,37 @@ class Reachability:
             self._push(raw.split(b"\n", 1)[0][7:])
 
 
-def is_ancestor(
-    store: BaseObjectStore, tips: Iterable[bytes], sha: bytes, limit: int = 10_000
-) -> bool:
-    """Whether commit ``sha`` (hex) is one of ``tips`` or an ancestor of one.
 
-    Walks commit parents only, at most ``limit`` commits, so the answer costs little even on a
-    long history; a commit further back than that is reported as not found.
+def ancestors_among(
+    store: BaseObjectStore, tips: Iterable[bytes], wanted: Iterable[bytes], limit: int = 10_000
+) -> set[bytes]:
+    """Which of the commits ``wanted`` (hex) are ``tips`` or ancestors of them.
+
+    One walk over commit parents (annotated tags followed), at most ``limit`` commits however
+    many are asked about, so the answer costs little even on a long history; a commit further
+    back than that is reported as not found.
     """
+    looking = set(wanted)
+    found: set[bytes] = set()
     seen: set[bytes] = set()
     todo = deque(tips)
-    while todo and len(seen) < limit:
+    while todo and looking and len(seen) < limit:
         commit = todo.popleft()
         if commit in seen:
             continue
         seen.add(commit)
-        if commit == sha:
-            return True
+        if commit in looking:
+            looking.discard(commit)
+            found.add(commit)
         try:
             type_num, raw = store.get_raw(ObjectID(commit))
         except KeyError:
             continue
-        if type_num == OBJ_TAG:  # an annotated tag: follow it to what it names
+        if type_num == OBJ_TAG:
             todo.append(raw.split(b"\n", 1)[0][7:])
             continue
         if type_num != OBJ_COMMIT:
             continue
         header = raw.split(b"\n\n", 1)[0]
         todo.extend(line[7:] for line in header.split(b"\n") if line.startswith(b"parent "))
-    return False
+    return found

@@ -35,7 +35,7 @@ from artifacts._errors import InvalidArgumentError
 from artifacts._objects import SharedObjectStore
 from artifacts._packsend import PackSender
 from artifacts._packwrite import OBJ_COMMIT, OBJ_TAG
-from artifacts._reach import Reachability, is_ancestor
+from artifacts._reach import Reachability, ancestors_among
 from artifacts._repos import RepoRecord
 from artifacts._store import ArtifactStore
 from artifacts._validate import check_ref_name
@@ -179,13 +179,12 @@ class _UploadPack(UploadPackHandler):
         lines.append(line)
         walker.proto = cast(Protocol, _Replay(self.proto, lines))  # dulwich reads them again
         tips = set(refs.values())
-        moved: dict[Ref, ObjectID] = {}
-        for want in lines[:-1]:
-            assert want is not None
-            sha = want[5:45]
-            if sha not in tips and is_ancestor(self.repo.object_store, tips, sha):
-                moved[Ref(b"refs/sandboxd/moved/" + sha)] = ObjectID(sha)
-        return {**refs, **moved} if moved else refs
+        asked = {want[5:45] for want in lines[:-1] if want is not None} - tips
+        if not asked:
+            return refs
+        # One bounded walk however many wants the client sends.
+        moved = ancestors_among(self.repo.object_store, tips, asked)
+        return {**refs, **{Ref(b"refs/sandboxd/moved/" + sha): ObjectID(sha) for sha in moved}}
 
 
 class _Replay:
