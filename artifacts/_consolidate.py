@@ -18,6 +18,7 @@ cache before their files go, and closes each only once nothing else holds it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -184,7 +185,8 @@ class Consolidator:
                         f.write(chunk)
                     merged = commit()
                 except BaseException:
-                    abort()
+                    with contextlib.suppress(OSError):  # the staging directory goes anyway
+                        abort()
                     raise
                 if merged is None:
                     return
@@ -193,8 +195,8 @@ class Consolidator:
             finally:
                 staging.close()
             target = self._store.pack_path / base.name
-            # A merge can reproduce a stored pack byte for byte (e.g. a pack plus a copy of
-            # one of its objects): that pack then stays, and only the others are retired.
+            # A merge can reproduce a stored pack byte for byte (the same packs merged once
+            # more, say): that pack then stays, and only the others are retired.
             if not target.with_suffix(".idx").exists():
                 for suffix in (".pack", ".idx"):
                     fsync_path(base.with_suffix(suffix))
