@@ -64,6 +64,12 @@ class Limits(BaseModel):
     """CPU-time limit (jail only); None means the wall limit applies alone."""
 
 
+def seconds_text(seconds: float) -> str:
+    """A limit in seconds for messages: at most millisecond precision ("0.107", "10")."""
+    # A limit capped by the call's deadline is whatever time was left, e.g. 0.106985 s.
+    return f"{round(seconds, 3):g}"
+
+
 class InputFile(BaseModel):
     """A file placed in the working directory before the code runs."""
 

@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from isolates.base import Limits, Status
+from isolates.base import Limits, Status, seconds_text
 
 _NSJAIL_SIGNAL = re.compile(r"terminated with signal: [^(\n]*\((\d+)\)")
 
@@ -83,8 +83,7 @@ def classify(
             return Verdict(Status.SECURITY_VIOLATION, 128 + signal.SIGSYS,
                            "killed by the seccomp policy (forbidden system call)")
         if host_timeout:
-            return Verdict(Status.TIMEOUT, 137,
-                           f"wall-clock limit of {limits.timeout_s:g} s exceeded")
+            return Verdict(Status.TIMEOUT, 137, _wall_clock_message(limits))
         if driver_signal == signal.SIGKILL:
             # pid 1 ignores SIGKILL from inside its namespace and the host did not send one:
             # the kernel's OOM killer did, though its counter did not show it.
@@ -97,7 +96,7 @@ def classify(
     code = _shell_code(exit_code)
     killed_for = report.get("killed_for", "")
     if killed_for == "timeout":
-        return Verdict(Status.TIMEOUT, code, f"wall-clock limit of {limits.timeout_s:g} s exceeded")
+        return Verdict(Status.TIMEOUT, code, _wall_clock_message(limits))
     if report.get("sigsys"):
         return Verdict(Status.SECURITY_VIOLATION, code,
                        "a process was killed by the seccomp policy (forbidden system call)")
@@ -110,7 +109,7 @@ def classify(
         and exit_code == -signal.SIGKILL
         and float(report.get("cpu_s", 0.0)) >= limits.cpu_s
     ):
-        return Verdict(Status.CPU_LIMIT, code, f"CPU-time limit of {limits.cpu_s:g} s exceeded")
+        return Verdict(Status.CPU_LIMIT, code, _cpu_time_message(limits))
     out_total = int(report.get("stdout_total", 0))
     err_total = int(report.get("stderr_total", 0))
     if max(out_total, err_total) > limits.output_bytes:
@@ -121,3 +120,13 @@ def classify(
     if exit_code == 0:
         return Verdict(Status.OK, 0, "")
     return Verdict(Status.ERROR, code, f"the program {_exit_description(exit_code)}")
+
+
+def _wall_clock_message(limits: Limits) -> str:
+    return f"wall-clock limit of {seconds_text(limits.timeout_s)} s exceeded"
+
+
+def _cpu_time_message(limits: Limits) -> str:
+    if limits.cpu_s is None:  # killed by the kernel's own CPU rlimit, not a requested limit
+        return "CPU-time limit exceeded"
+    return f"CPU-time limit of {seconds_text(limits.cpu_s)} s exceeded"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import wasmtime
 
-from isolates.base import ExecutionRequest, OutputFile, Status
+from isolates.base import ExecutionRequest, OutputFile, Status, seconds_text
 from isolates.wasm.engine import Watch
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir
@@ -88,7 +88,7 @@ def ending_for_reason(
         return Ending(Status.CANCELLED, 130, "execution cancelled")
     if reason == "timeout":
         limit = request.limits.timeout_s
-        return Ending(Status.TIMEOUT, 124, f"wall-time limit of {limit:g} s reached")
+        return Ending(Status.TIMEOUT, 124, f"wall-time limit of {seconds_text(limit)} s reached")
     if reason == "output" or capture.overflowed is not None:
         return Ending(Status.OUTPUT_LIMIT, 1, capture.message())
     return None

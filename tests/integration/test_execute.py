@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -67,6 +68,9 @@ def test_timeout_status(client: Client) -> None:
 def test_deadline_caps_the_timeout(client: Client) -> None:
     execution = client.run_code("while True: pass", timeout=60, request_timeout=1.0)
     assert execution.status == "timeout"
+    # The limit named is what the deadline left, to the millisecond (not 0.949731 s).
+    match = re.fullmatch(r"wall-time limit of 0\.(\d{1,3}) s reached", execution.message)
+    assert match, execution.message
 
 
 def test_streaming_callbacks_receive_output(client: Client) -> None:
