@@ -22,7 +22,7 @@ from dulwich.errors import HookError
 from dulwich.hooks import Hook
 from dulwich.objects import ObjectID
 from dulwich.protocol import CAPABILITY_FILTER, CAPABILITY_NO_DONE, Protocol
-from dulwich.refs import Ref
+from dulwich.refs import DiskRefsContainer, Ref
 from dulwich.repo import BaseRepo
 from dulwich.server import (
     Backend,
@@ -99,11 +99,36 @@ class _RefUpdateCheck(Hook):
         return b"", b""
 
 
+class _CompareAndSwapRefs(DiskRefsContainer):
+    """A repo's refs as a push moves them: an update whose old value is stale fails.
+
+    dulwich's receive-pack ignores the answer of ``set_if_equals``/``remove_if_equals``: a
+    push that lost a race with another push or an API commit was reported "ok" while the ref
+    stayed where the other writer had put it, and the pushed commits were silently dropped.
+    An OSError makes dulwich report the ref as not written; git shows the push rejected, and
+    a fetch and a new push succeed.
+    """
+
+    def set_if_equals(self, name: Ref, old_ref: ObjectID | None, new_ref: ObjectID,
+                      *args: Any, **kwargs: Any) -> bool:
+        if not super().set_if_equals(name, old_ref, new_ref, *args, **kwargs):
+            raise OSError(f"{name.decode(errors='replace')} moved since it was read")
+        return True
+
+    def remove_if_equals(self, name: Ref, old_ref: ObjectID | None,
+                         *args: Any, **kwargs: Any) -> bool:
+        if not super().remove_if_equals(name, old_ref, *args, **kwargs):
+            raise OSError(f"{name.decode(errors='replace')} moved since it was read")
+        return True
+
+
 class _BackendRepo(BaseRepo):
     """A dulwich repo: shared objects plus this repo's refs, no config, no working tree."""
 
-    def __init__(self, objects: Any, rec: RepoRecord) -> None:
-        super().__init__(objects, rec.refs)
+    def __init__(
+        self, objects: Any, rec: RepoRecord, refs: DiskRefsContainer | None = None
+    ) -> None:
+        super().__init__(objects, refs or rec.refs)
 
     def get_config(self) -> ConfigFile:
         return ConfigFile()
@@ -223,7 +248,7 @@ def _handler(
         return handler
     visible = store.visibility(rec)
     objects = _ReceiveObjects(store.objects, visible)
-    repo = _BackendRepo(objects, rec)
+    repo = _BackendRepo(objects, rec, _CompareAndSwapRefs(str(rec.path)))
     repo.hooks["update"] = _RefUpdateCheck(objects, visible)
     return ReceivePackHandler(
         _Backend(repo), [rec.name], proto, stateless_rpc=True, advertise_refs=advertise_refs

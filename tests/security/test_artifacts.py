@@ -459,3 +459,25 @@ def test_artifacts_fetch_of_another_repos_commit_refused(
     foreign = store.commit("theirs", [FileInput(path="secret", data=b"their-secret")], "t")
     out = upload_pack(server, "mine", mine.token or "", foreign)
     assert b"PACK" not in out and b"their-secret" not in out
+
+
+def test_artifacts_push_with_a_stale_old_value_is_rejected_not_dropped(
+    store: ArtifactStore, server: GitHttpServer
+) -> None:
+    """A push racing an API commit: the ref moved after the pusher read it. The push must be
+    reported as failed (so the client fetches and retries), never "ok" with its commit lost."""
+    repo = store.create_repo("r")
+    read_by_pusher = store.commit("r", [FileInput(path="f", data=b"one")], "first")
+    t = tree()
+    pushed = commit_raw(oid("tree", t), [read_by_pusher])
+    moved_to = store.commit("r", [FileInput(path="f", data=b"two")], "landed meanwhile")
+    out = receive_pack(
+        server,
+        "r",
+        repo.token or "",
+        read_by_pusher.encode() + b" " + oid("commit", pushed).encode() + b" refs/heads/main",
+        pack([plain_entry("tree", t), plain_entry("commit", pushed)]),
+    )
+    assert b"ok refs/heads/main" not in out
+    assert b"ng refs/heads/main" in out
+    assert store.resolve("r", "main") == moved_to
