@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -88,19 +89,13 @@ class ExecutorService:
         """Run code, streaming output chunks, then the result."""
         arrival = time.perf_counter()
         validated = await self._validate(data, context)
-        loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[pb.OutputChunk | None] = asyncio.Queue()
-
-        def on_output(stream: str, data: bytes) -> None:
-            which = pb.OutputChunk.STREAM_STDOUT if stream == "stdout" else (
-                pb.OutputChunk.STREAM_STDERR)
-            loop.call_soon_threadsafe(chunks.put_nowait, pb.OutputChunk(stream=which, data=data))
-
-        task = asyncio.ensure_future(self._run(validated, context, arrival, on_output=on_output))
-        task.add_done_callback(lambda _: chunks.put_nowait(None))
+        chunks = _ChunkQueue(asyncio.get_running_loop())
+        task = asyncio.ensure_future(
+            self._run(validated, context, arrival, on_output=chunks.put_threadsafe))
+        task.add_done_callback(lambda _: chunks.close())
         try:
-            # The worker queues its chunks (call_soon_threadsafe) before its future resolves,
-            # so every chunk is ahead of the sentinel that the task's completion adds.
+            # The worker hands over its chunks before its future resolves, so every chunk is
+            # ahead of the end that the task's completion marks.
             while (chunk := await chunks.get()) is not None:
                 yield pb.ExecuteStreamResponse(output=chunk)
             outcome = await task
@@ -253,6 +248,71 @@ def to_proto(validated: ValidatedExecute, outcome: ExecutionOutcome) -> pb.Execu
         message=result.message,
         output_commit=outcome.output_commit,
     )
+
+
+class _ChunkQueue:
+    """Output chunks from a worker thread to the streaming call, merged while they wait.
+
+    A guest that writes many small pieces (QuickJS's console.log is one host call per line)
+    would otherwise cost a wake-up of the event loop and a gRPC message each: 20,000 lines
+    took 5.2 s to stream against 0.4 s unstreamed, the worker and the loop taking turns at the
+    GIL. The worker only appends under a lock and wakes the loop when no wake-up is pending;
+    the loop moves what has gathered at most every `INTERVAL_S`, consecutive pieces of one
+    stream as one message. Output after a quiet spell still goes out at once.
+    """
+
+    INTERVAL_S = 0.01
+    MAX_MESSAGE_BYTES = 1024 * 1024
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, bytes]] = []
+        self._wake_pending = False
+        self._last_move = float("-inf")
+        self._ready: asyncio.Queue[pb.OutputChunk | None] = asyncio.Queue()
+
+    def put_threadsafe(self, stream: str, data: bytes) -> None:
+        """Called on the worker thread for each piece of output."""
+        with self._lock:
+            self._pending.append((stream, data))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self._loop.call_soon_threadsafe(self._move_when_due)
+
+    def _move_when_due(self) -> None:
+        wait = self._last_move + self.INTERVAL_S - self._loop.time()
+        if wait > 0:
+            self._loop.call_later(wait, self._move_pending)
+        else:
+            self._move_pending()
+
+    def close(self) -> None:
+        """Mark the end (on the event loop, after the worker's last chunk)."""
+        self._move_pending()
+        self._ready.put_nowait(None)
+
+    async def get(self) -> pb.OutputChunk | None:
+        """The next chunk, or None at the end."""
+        return await self._ready.get()
+
+    def _move_pending(self) -> None:
+        self._last_move = self._loop.time()
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._wake_pending = False
+        merged: list[tuple[str, bytearray]] = []
+        for stream, data in pending:
+            if merged and merged[-1][0] == stream and (
+                    len(merged[-1][1]) + len(data) <= self.MAX_MESSAGE_BYTES):
+                merged[-1][1].extend(data)
+            else:
+                merged.append((stream, bytearray(data)))
+        for stream, joined in merged:
+            which = (pb.OutputChunk.STREAM_STDOUT if stream == "stdout"
+                     else pb.OutputChunk.STREAM_STDERR)
+            self._ready.put_nowait(pb.OutputChunk(stream=which, data=bytes(joined)))
 
 
 def add_to_server(server: grpc.aio.Server, service: ExecutorService) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import pytest
 
@@ -71,6 +72,29 @@ def test_deadline_caps_the_timeout(client: Client) -> None:
     # The limit named is what the deadline left, to the millisecond (not 0.949731 s).
     match = re.fullmatch(r"wall-time limit of 0\.(\d{1,3}) s reached", execution.message)
     assert match, execution.message
+
+
+def test_streaming_many_small_writes_arrive_whole_and_merged(client: Client) -> None:
+    """console.log is a host call per line: the stream merges them rather than sending 5,000
+    messages, and nothing is lost or reordered."""
+    chunks: list[str] = []
+    execution = client.run_code("for (let i = 0; i < 5000; i++) console.log(i)", "javascript",
+                                on_stdout=chunks.append)
+    assert execution.ok
+    assert "".join(chunks) == execution.stdout == "".join(f"{i}\n" for i in range(5000))
+    assert len(chunks) < 500
+
+
+def test_streamed_output_arrives_while_the_program_runs(client: Client) -> None:
+    arrived: list[float] = []
+    started = time.monotonic()
+    execution = client.run_code(
+        "console.log('first'); const t = Date.now(); while (Date.now() - t < 1500) {}",
+        "javascript", on_stdout=lambda _text: arrived.append(time.monotonic()))
+    finished = time.monotonic()
+    assert execution.ok and arrived
+    # The first line is seen long before the program's 1.5 s of work ends.
+    assert arrived[0] - started < (finished - started) / 2
 
 
 def test_streaming_callbacks_receive_output(client: Client) -> None:
