@@ -5,7 +5,10 @@ stateless-RPC (smart HTTP). The pieces:
 
 * `_BackendRepo`: a dulwich repo made of the shared object store and the repo's own refs.
 * `_UploadPack`: dulwich's upload-pack with the pack written by `PackSender` (stored entries
-  copied, not recompressed) and without partial-clone filters.
+  copied, not recompressed) and without partial-clone filters; it also serves a want that a
+  branch moved past between the client's two requests, as git does in stateless mode.
+* `_CompareAndSwapRefs`: the refs a push moves; an update whose old value is stale fails
+  instead of being reported "ok" and lost.
 * `_ReceiveObjects`: what receive-pack sees as the object store; its ``add_thin_pack`` runs the
   store's quarantined, validated ingest limited to what this repo may see.
 * `_RefUpdateCheck`: dulwich's ``update`` hook, refusing ref names outside refs/heads and
@@ -184,7 +187,6 @@ class _UploadPack(UploadPackHandler):
         for chunk in self.sender.pack_stream(object_ids):
             self.write_pack_data(chunk)
         self.proto.write_pkt_line(None)
-
 
     def _with_moved_tips(
         self, walker: _ProtocolGraphWalker, refs: Mapping[Ref, ObjectID]
