@@ -51,10 +51,8 @@ class Reachability:
         except KeyError:
             return
         if type_num == OBJ_COMMIT:
-            header = raw.split(b"\n\n", 1)[0]
-            for line in header.split(b"\n"):
-                if line.startswith((b"tree ", b"parent ")):
-                    self._push(line.split(b" ", 1)[1])
+            for linked in _commit_links(raw, (b"tree ", b"parent ")):
+                self._push(linked)
         elif type_num == OBJ_TREE:
             pos = 0
             while pos < len(raw):
@@ -69,8 +67,18 @@ class Reachability:
                     self._seen.add(child)
                 pos = nul + 21
         elif type_num == OBJ_TAG:
-            self._push(raw.split(b"\n", 1)[0][7:])
+            self._push(_tag_target(raw))
 
+
+def _commit_links(raw: bytes, fields: tuple[bytes, ...]) -> list[bytes]:
+    """The ids a commit's header names in the given fields (``b"tree "``, ``b"parent "``)."""
+    header = raw.split(b"\n\n", 1)[0]
+    return [line.split(b" ", 1)[1] for line in header.split(b"\n") if line.startswith(fields)]
+
+
+def _tag_target(raw: bytes) -> bytes:
+    """The id an annotated tag names (its first line, ``object <id>``)."""
+    return raw.split(b"\n", 1)[0][7:]
 
 
 def ancestors_among(
@@ -82,8 +90,8 @@ def ancestors_among(
     many are asked about, so the answer costs little even on a long history; a commit further
     back than that is reported as not found.
     """
-    looking = set(wanted)
-    found: set[bytes] = set()
+    asked = set(wanted)
+    looking = set(asked)
     seen: set[bytes] = set()
     todo = deque(tips)
     while todo and looking and len(seen) < limit:
@@ -91,18 +99,13 @@ def ancestors_among(
         if commit in seen:
             continue
         seen.add(commit)
-        if commit in looking:
-            looking.discard(commit)
-            found.add(commit)
+        looking.discard(commit)
         try:
             type_num, raw = store.get_raw(ObjectID(commit))
         except KeyError:
             continue
         if type_num == OBJ_TAG:
-            todo.append(raw.split(b"\n", 1)[0][7:])
-            continue
-        if type_num != OBJ_COMMIT:
-            continue
-        header = raw.split(b"\n\n", 1)[0]
-        todo.extend(line[7:] for line in header.split(b"\n") if line.startswith(b"parent "))
-    return found
+            todo.append(_tag_target(raw))
+        elif type_num == OBJ_COMMIT:
+            todo.extend(_commit_links(raw, (b"parent ",)))
+    return asked - looking

@@ -92,27 +92,37 @@ def server(store: ArtifactStore) -> Iterator[GitHttpServer]:
     srv.stop()
 
 
-def receive_pack(
-    server: GitHttpServer, repo: str, token: str, ref_line: bytes, data: bytes
+def post_service(
+    server: GitHttpServer, repo: str, token: str, service: str, first_line: bytes, rest: bytes
 ) -> bytes:
-    """POST a raw receive-pack request and return the response body."""
-    line = ref_line + b"\x00report-status\n"
-    body = b"%04x" % (len(line) + 4) + line + b"0000" + data
+    """POST a raw smart-HTTP request (one pkt-line, a flush, then `rest`); return the body."""
+    body = b"%04x" % (len(first_line) + 4) + first_line + b"0000" + rest
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     auth = base64.b64encode(f"x:{token}".encode()).decode()
     conn.request(
         "POST",
-        f"/git/{repo}/git-receive-pack",
+        f"/git/{repo}/{service}",
         body=body,
         headers={
             "Authorization": f"Basic {auth}",
-            "Content-Type": "application/x-git-receive-pack-request",
+            "Content-Type": f"application/x-{service}-request",
         },
     )
     resp = conn.getresponse()
-    out = resp.read()
+    try:
+        out = resp.read()
+    except http.client.IncompleteRead as exc:  # the server ends the stream on a refusal
+        out = exc.partial
     conn.close()
     return out
+
+
+def receive_pack(
+    server: GitHttpServer, repo: str, token: str, ref_line: bytes, data: bytes
+) -> bytes:
+    """POST a raw receive-pack request and return the response body."""
+    return post_service(server, repo, token, "git-receive-pack",
+                        ref_line + b"\x00report-status\n", data)
 
 
 def pack_count(store: ArtifactStore) -> int:
@@ -417,26 +427,9 @@ def test_artifacts_http_without_token_gets_401_and_nothing_else(
 
 def upload_pack(server: GitHttpServer, repo: str, token: str, want: str) -> bytes:
     """POST a raw upload-pack request wanting one object; return the response body."""
-    line = f"want {want} side-band-64k thin-pack ofs-delta\n".encode()
-    body = b"%04x" % (len(line) + 4) + line + b"0000" + b"0009done\n"
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    auth = base64.b64encode(f"x:{token}".encode()).decode()
-    conn.request(
-        "POST",
-        f"/git/{repo}/git-upload-pack",
-        body=body,
-        headers={
-            "Authorization": f"Basic {auth}",
-            "Content-Type": "application/x-git-upload-pack-request",
-        },
-    )
-    resp = conn.getresponse()
-    try:
-        out = resp.read()
-    except http.client.IncompleteRead as exc:  # the server ends the stream on a refusal
-        out = exc.partial
-    conn.close()
-    return out
+    return post_service(server, repo, token, "git-upload-pack",
+                        f"want {want} side-band-64k thin-pack ofs-delta\n".encode(),
+                        b"0009done\n")
 
 
 def test_artifacts_fetch_of_a_tip_the_branch_moved_past_is_served(
