@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from dulwich.object_store import DiskObjectStore
 
+from artifacts._limits import StoreLimits
 from artifacts._packsend import PackSender
 from artifacts._packwrite import fsync_path
 
@@ -68,7 +69,7 @@ class PackStore(Protocol):
     """What the consolidator needs of `SharedObjectStore`."""
 
     tmp_dir: Path
-    compression_level: int
+    limits: StoreLimits
 
     @property
     def pack_path(self) -> Path:
@@ -94,9 +95,8 @@ class _Abandoned(Exception):
 class Consolidator:
     """Background thread merging small packs whenever the store has too many."""
 
-    def __init__(self, store: PackStore, max_packs: int) -> None:
+    def __init__(self, store: PackStore) -> None:
         self._store = store
-        self._max_packs = max_packs
         self._wake = threading.Condition()
         self._pending = False
         self._closed = False
@@ -138,7 +138,7 @@ class Consolidator:
         merged = 0
         while True:
             packs = self._store.current_packs()
-            if len(packs) <= self._max_packs:
+            if len(packs) <= self._store.limits.max_packs:
                 return merged
             packs.sort(key=lambda pack: len(pack.index))
             take = choose_rollup([len(pack.index) for pack in packs])
@@ -174,26 +174,9 @@ class Consolidator:
                 ids.setdefault(raw_sha.hex().encode(), None)
         work = Path(tempfile.mkdtemp(prefix="consolidate-", dir=self._store.tmp_dir))
         try:
-            staging = DiskObjectStore.init(str(work / "objects"))
-            try:
-                f, commit, abort = staging.add_pack()
-                try:
-                    for chunk in PackSender(self._store, self._store.compression_level
-                                            ).pack_stream(list(ids)):
-                        if self._closed:  # shutting down must not wait for a large merge
-                            raise _Abandoned
-                        f.write(chunk)
-                    merged = commit()
-                except BaseException:
-                    with contextlib.suppress(OSError):  # the staging directory goes anyway
-                        abort()
-                    raise
-                if merged is None:
-                    return
-                base = Path(merged._basename)
-                merged.close()
-            finally:
-                staging.close()
+            base = self._write_merged(list(ids), work)
+            if base is None:
+                return
             target = self._store.pack_path / base.name
             # A merge can reproduce a stored pack byte for byte (the same packs merged once
             # more, say): that pack then stays, and only the others are retired.
@@ -208,3 +191,25 @@ class Consolidator:
         self._store.retire([pack for pack in packs if Path(pack._basename).name != base.name])
         log.info("merged %d packs (%d objects) into %s", len(packs), len(ids), base.name)
 
+    def _write_merged(self, ids: list[bytes], work: Path) -> Path | None:
+        """Write and index a pack of `ids` under `work`; its path without suffix, or None."""
+        staging = DiskObjectStore.init(str(work / "objects"))
+        try:
+            f, commit, abort = staging.add_pack()
+            try:
+                sender = PackSender(self._store, self._store.limits.compression_level)
+                for chunk in sender.pack_stream(ids):
+                    if self._closed:  # shutting down must not wait for a large merge
+                        raise _Abandoned
+                    f.write(chunk)
+                merged = commit()
+            except BaseException:
+                with contextlib.suppress(OSError):  # the staging directory goes anyway
+                    abort()
+                raise
+            if merged is None:
+                return None
+            merged.close()
+            return Path(merged._basename)
+        finally:
+            staging.close()

@@ -83,11 +83,10 @@ class SharedObjectStore(DiskObjectStore):
         super().__init__(str(path), pack_compression_level=limits.compression_level)
         self.limits = limits
         self.tmp_dir = tmp_dir
-        self.compression_level = limits.compression_level
         self._cache_lock = threading.RLock()
         self._retired: list[Any] = []
         """Merged-away packs still open because a reader may hold them."""
-        self.consolidator = Consolidator(self, limits.max_packs)
+        self.consolidator = Consolidator(self)
 
     @classmethod
     def open(cls, path: Path, tmp_dir: Path, limits: StoreLimits) -> SharedObjectStore:
