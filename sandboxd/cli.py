@@ -12,11 +12,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxd import __version__
 from sandboxd._errors import InvalidArgumentError, SandboxdError
 from sandboxd._target import DEFAULT_TARGET
+
+if TYPE_CHECKING:
+    from sandboxd._models import Execution
 
 __all__ = ["main"]
 
@@ -221,14 +224,30 @@ def _run(args: argparse.Namespace) -> int:
         target = args.output_dir / output.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(output.content)
-    if execution.status != "ok" and not args.json:
-        print(f"sandboxd run: {execution.status}: {execution.message}".rstrip(": "),
-              file=sys.stderr)
+    status_line = _status_line(execution)
+    if status_line is not None and not args.json:
+        print(status_line, file=sys.stderr)
     if execution.status == "timeout":
         return EXIT_TIMEOUT
     if execution.exit_code:
         return execution.exit_code & 0xFF or EXIT_NOT_OK
     return 0 if execution.ok else EXIT_NOT_OK
+
+
+def _status_line(execution: Execution) -> str | None:
+    """Why the run did not end OK, unless the program's own stderr already says it.
+
+    A program that exits non-zero or dies of an exception has spoken for itself, as under
+    `python -c`; limits, cancellations and refusals are sandboxd's to explain.
+    """
+    if execution.status == "ok":
+        return None
+    message = execution.message
+    if execution.status == "error" and (
+        not message or execution.stderr.rstrip().endswith(message)
+    ):
+        return None
+    return f"sandboxd run: {execution.status}: {message}".rstrip(": ")
 
 
 def _input_files(items: list[str]) -> dict[str, bytes]:

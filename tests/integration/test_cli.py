@@ -32,6 +32,15 @@ def test_run_prints_and_exits_with_the_program_status(target: str) -> None:
     assert done.stdout == "42\n"
     failed = sandboxd("run", "--target", target, "-c", "import sys; sys.exit(7)")
     assert failed.returncode == 7
+    assert failed.stderr == ""  # the program's own exit, as quiet as under `python -c`
+
+
+def test_run_explains_only_what_the_program_did_not_say(target: str) -> None:
+    raised = sandboxd("run", "--target", target, "-c", "raise ValueError('boom')")
+    assert raised.returncode == 1
+    assert raised.stderr.count("ValueError: boom") == 1  # the traceback, not repeated
+    limited = sandboxd("run", "--target", target, "--timeout", "0.2", "-c", "while True: pass")
+    assert limited.stderr.strip() == "sandboxd run: timeout: wall-time limit of 0.2 s reached"
 
 
 def test_run_javascript(target: str) -> None:
