@@ -65,6 +65,12 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time that process `pid` (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _sequential(target: str, n: int, code: str, language: str, isolate: str,
                 pause_s: float = 0.0) -> list[float]:
     """Latencies of `n` calls one after another, with `pause_s` between them (untimed)."""
@@ -150,10 +156,15 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
                              _sequential(target, n // 2, "console.log(1)", "javascript",
                                          "wasm")))
         for concurrency in (8, 64):
+            cpu_before = cpu_seconds(pid)
             samples, wall, errors, rejected = asyncio.run(
                 _concurrent(target, n * 2, concurrency))
+            # What bounds executions/s on this machine: the server's CPU per execution.
+            server_cpu_ms = (cpu_seconds(pid) - cpu_before) / len(samples) * 1e3
             out.append(summarize(GROUP, f"Execute print(1) wasm python, c={concurrency}",
-                                 samples, wall_s=wall, errors=errors, rejected=rejected))
+                                 samples, wall_s=wall, errors=errors, rejected=rejected,
+                                 server_cpu_ms=server_cpu_ms,
+                                 note=f"server CPU {server_cpu_ms:.1f} ms per execution"))
         if jail:
             out += _jail_rows(target, max(20, n // 5))
         before = rss_mb(pid)

@@ -30,3 +30,16 @@ def test_bench_rejects_unknown_groups(data_dir: Path) -> None:
                           timeout=60)
     assert done.returncode == 2
     assert "unknown groups: nope" in done.stdout
+
+
+def test_fresh_throughput_row_reports_cpu_and_the_ceiling_it_allows(data_dir: Path) -> None:
+    import os
+
+    from bench.wasm_rows import fresh_throughput
+    from isolates.wasm import JavaScriptFactory
+
+    row = fresh_throughput(JavaScriptFactory(data_dir, build=False), n=20)
+    assert row["n"] == 20
+    assert row["cpu_ms"] > 0
+    assert row["ceiling_per_s"] == (os.cpu_count() or 1) / row["cpu_ms"] * 1e3
+    assert f"at most {row['ceiling_per_s']:.0f}/s" in row["note"]
