@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandboxd._errors import InvalidArgumentError, SandboxdError, from_rpc_error
+from sandboxd._errors import SandboxdError, from_rpc_error
 from sandboxd._models import Execution
+from sandboxd._request import FilesArg, build_request, call_deadline
 from sandboxd._target import DEFAULT_TARGET
 from sandboxd.v1 import executor_pb2 as pb
 from sandboxd.v1 import executor_pb2_grpc
@@ -30,83 +31,12 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_TARGET", "AsyncClient", "Client"]
 
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-DEADLINE_SLACK_S = 30.0
-"""Added to the execution timeout to form the call deadline (queueing, transfer)."""
-
-_LANGUAGES = {
-    "python": pb.LANGUAGE_PYTHON,
-    "javascript": pb.LANGUAGE_JAVASCRIPT,
-    "js": pb.LANGUAGE_JAVASCRIPT,
-    "wasi": pb.LANGUAGE_WASI,
-    "shell": pb.LANGUAGE_SHELL,
-    "bash": pb.LANGUAGE_SHELL,
-    "command": pb.LANGUAGE_COMMAND,
-}
-_ISOLATES = {"auto": pb.ISOLATE_KIND_AUTO, "wasm": pb.ISOLATE_KIND_WASM,
-             "jail": pb.ISOLATE_KIND_JAIL}
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 
 OutputCallback = Callable[[str], Any]
-FilesArg = Mapping[str, bytes | bytearray | memoryview | str] | None
-
-
-def _build_request(
-    code: str,
-    language: str,
-    *,
-    timeout: float | None,
-    files: FilesArg,
-    env: Mapping[str, str] | None,
-    stdin: bytes | str | None,
-    isolate: str,
-    memory: int | None,
-    output_limit: int | None,
-    output_paths: Sequence[str] | None,
-    argv: Sequence[str] | None,
-    module: bytes | bytearray | None,
-    facet: str | None,
-    output_repo: str | None,
-    output_branch: str | None,
-) -> pb.ExecuteRequest:
-    if language not in _LANGUAGES:
-        raise InvalidArgumentError(
-            f"language must be one of {', '.join(sorted(_LANGUAGES))}, not {language!r}")
-    if isolate not in _ISOLATES:
-        raise InvalidArgumentError(f"isolate must be auto, wasm or jail, not {isolate!r}")
-    if timeout is not None and not timeout > 0:
-        raise InvalidArgumentError(f"timeout must be a positive number of seconds, not {timeout}")
-    return pb.ExecuteRequest(
-        language=_LANGUAGES[language],
-        code=code,
-        module=bytes(module) if module else b"",
-        argv=list(argv or ()),
-        stdin=stdin.encode() if isinstance(stdin, str) else (stdin or b""),
-        env=dict(env or {}),
-        files=[
-            pb.File(path=path,
-                    content=content.encode() if isinstance(content, str) else bytes(content))
-            for path, content in (files or {}).items()
-        ],
-        isolate=_ISOLATES[isolate],
-        limits=pb.Limits(
-            timeout_ms=int(timeout * 1000) if timeout else 0,
-            memory_bytes=memory or 0,
-            output_bytes=output_limit or 0,
-        ),
-        output_paths=list(output_paths or ()),
-        facet=facet or "",
-        output_repo=output_repo or "",
-        output_branch=output_branch or "",
-    )
-
-
-def _deadline(timeout: float | None, request_timeout: float | None) -> float | None:
-    if request_timeout is not None:
-        return request_timeout
-    return (timeout or 300.0) + DEADLINE_SLACK_S
 
 
 def _decode_chunk(chunk: pb.OutputChunk) -> str:
@@ -182,13 +112,13 @@ class Client:
             ResourceExhaustedError: the server is at capacity (`retry_after`).
             SandboxdError: any other failure to get a result.
         """
-        request = _build_request(
+        request = build_request(
             code, language, timeout=timeout, files=files, env=env, stdin=stdin,
             isolate=isolate, memory=memory, output_limit=output_limit,
             output_paths=output_paths, argv=argv, module=module, facet=facet,
             output_repo=output_repo, output_branch=output_branch,
         )
-        deadline = _deadline(timeout, request_timeout)
+        deadline = call_deadline(timeout, request_timeout)
         try:
             if on_stdout is None and on_stderr is None:
                 response = self._executor.Execute(request, timeout=deadline)
@@ -281,13 +211,13 @@ class AsyncClient:
         request_timeout: float | None = None,
     ) -> Execution:
         """Run code in a fresh isolate; see `Client.run_code`. Callbacks may be coroutines."""
-        request = _build_request(
+        request = build_request(
             code, language, timeout=timeout, files=files, env=env, stdin=stdin,
             isolate=isolate, memory=memory, output_limit=output_limit,
             output_paths=output_paths, argv=argv, module=module, facet=facet,
             output_repo=output_repo, output_branch=output_branch,
         )
-        deadline = _deadline(timeout, request_timeout)
+        deadline = call_deadline(timeout, request_timeout)
         try:
             if on_stdout is None and on_stderr is None:
                 response = await self._executor.Execute(request, timeout=deadline)

@@ -1,0 +1,77 @@
+"""`run_code`'s arguments: wrong types and values are refused by name before anything is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sandboxd import InvalidArgumentError
+from sandboxd._request import build_request, call_deadline
+from sandboxd.v1 import executor_pb2 as pb
+
+DEFAULTS: dict[str, Any] = {
+    "timeout": None, "files": None, "env": None, "stdin": None, "isolate": "auto",
+    "memory": None, "output_limit": None, "output_paths": None, "argv": None, "module": None,
+    "facet": None, "output_repo": None, "output_branch": None,
+}
+
+
+def request(
+    code: Any = "print(1)", language: str = "python", **overrides: Any
+) -> pb.ExecuteRequest:
+    return build_request(code, language, **{**DEFAULTS, **overrides})
+
+
+def test_a_plain_call_builds_the_wire_request() -> None:
+    built = request(timeout=2.5, files={"a.txt": "hi", "b.bin": b"\x00"}, env={"K": "V"},
+                    stdin="in", memory=64 * 1024**2, output_paths=["out.txt"], isolate="jail")
+    assert built.language == pb.LANGUAGE_PYTHON and built.isolate == pb.ISOLATE_KIND_JAIL
+    assert built.limits.timeout_ms == 2500 and built.limits.memory_bytes == 64 * 1024**2
+    assert [(f.path, f.content) for f in built.files] == [("a.txt", b"hi"), ("b.bin", b"\x00")]
+    assert dict(built.env) == {"K": "V"} and built.stdin == b"in"
+    assert list(built.output_paths) == ["out.txt"]
+
+
+def test_a_sub_millisecond_timeout_is_not_read_as_the_default() -> None:
+    assert request(timeout=0.0004).limits.timeout_ms == 1  # 0 on the wire means "default"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "argument", "words"),
+    [
+        ({"code": b"print(1)"}, "code", "must be a string, not bytes"),
+        ({"language": "ruby"}, "language", "not 'ruby'"),
+        ({"isolate": "vm"}, "isolate", "not 'vm'"),
+        ({"timeout": "5"}, "timeout", "number of seconds, not str"),
+        ({"timeout": True}, "timeout", "number of seconds, not bool"),
+        ({"timeout": -1}, "timeout", "positive number of seconds, not -1"),
+        ({"timeout": float("nan")}, "timeout", "positive number of seconds, not nan"),
+        ({"memory": 1.5e8}, "memory", "whole number of bytes, not float"),
+        ({"output_limit": -1}, "output_limit", "must not be negative"),
+        ({"env": {"A": 1}}, "env['A']", "must be a string, not int"),
+        ({"env": ["A=1"]}, "env", "must be a mapping"),
+        ({"files": {"a": 3}}, "files['a']", "must be bytes or str, not int"),
+        ({"files": ["a"]}, "files", "must be a mapping"),
+        ({"stdin": 5}, "stdin", "must be bytes or str, not int"),
+        ({"output_paths": "out.txt"}, "output_paths", "must be a list of strings, not str"),
+        ({"argv": ["prog", 1]}, "argv[1]", "must be a string, not int"),
+        ({"module": "not bytes"}, "module", "must be bytes, not str"),
+        ({"facet": 7}, "facet", "must be a string, not int"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(overrides: dict[str, Any], argument: str,
+                                           words: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        request(**overrides)
+    (violation,) = info.value.field_violations
+    assert violation.field == argument
+    assert words in violation.description
+    assert str(info.value).startswith(argument)
+
+
+def test_the_call_deadline_follows_the_timeout_unless_given() -> None:
+    assert call_deadline(5, None) == 35.0
+    assert call_deadline(None, 2) == 2.0
+    with pytest.raises(InvalidArgumentError, match="request_timeout"):
+        call_deadline(None, 0)
