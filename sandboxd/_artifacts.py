@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import grpc
 from pydantic import BaseModel, ConfigDict
 
+from sandboxd._arguments import checked, contents, refuse, strings, text
 from sandboxd._errors import from_rpc_error
 from sandboxd.v1 import artifacts_pb2 as pb
 from sandboxd.v1 import artifacts_pb2_grpc
@@ -36,8 +37,8 @@ __all__ = [
 ]
 
 _CHUNK = 1024 * 1024
-Files = Mapping[str, bytes]
-"""Path -> content of the files to commit."""
+Files = Mapping[str, bytes | bytearray | memoryview | str]
+"""Path -> content of the files to commit (text is stored as UTF-8)."""
 
 
 class Repo(BaseModel):
@@ -126,7 +127,7 @@ def _change(c: pb.FileChange) -> ArtifactFileChange:
 def _commit_requests(
     repo: str,
     files: Files,
-    message: str,
+    commit_message: str,
     branch: str,
     author: tuple[str, str] | None,
     parents: Sequence[str] | None,
@@ -134,21 +135,38 @@ def _commit_requests(
     delete: Sequence[str],
     modes: Mapping[str, int] | None,
 ) -> Iterator[pb.CommitRequest]:
-    header = pb.CommitHeader(
-        repo=repo,
-        branch=branch,
-        message=message,
-        parents=list(parents or []),
-        replace=replace,
-        delete_paths=list(delete),
-    )
+    """The request stream of a commit, its arguments checked before the stream starts.
+
+    (A mistake found while gRPC consumes the stream would surface only as "Exception iterating
+    requests!".)
+    """
+    header = checked(pb.CommitHeader, repo=repo, branch=branch, message=commit_message,
+                     replace=replace)
+    header.parents.extend(strings("parents", parents))
+    header.delete_paths.extend(strings("delete", delete))
     if author is not None:
-        header.author.name, header.author.email = author
+        if not (isinstance(author, tuple | list) and len(author) == 2):
+            raise refuse("author", "must be a (name, email) pair")
+        header.author.name = text("author[0]", author[0])
+        header.author.email = text("author[1]", author[1])
+    pairs = contents("files", files)
+    file_modes = {} if modes is None else modes
+    if not isinstance(file_modes, Mapping):
+        raise refuse("modes", f"must be a mapping of paths to modes, not {type(modes).__name__}")
+    for path, mode in file_modes.items():
+        if isinstance(mode, bool) or not isinstance(mode, int) or mode < 0:
+            raise refuse(f"modes[{path!r}]", f"must be a file mode such as 0o100755, not {mode!r}")
+    starts = [checked(pb.FileStart, path=path, mode=file_modes.get(path, 0)) for path, _ in pairs]
+    return _commit_stream(header, starts, [data for _, data in pairs])
+
+
+def _commit_stream(
+    header: pb.CommitHeader, starts: list[pb.FileStart], datas: list[bytes]
+) -> Iterator[pb.CommitRequest]:
     yield pb.CommitRequest(header=header)
-    for path, content in files.items():
-        mode = (modes or {}).get(path, 0)
-        yield pb.CommitRequest(file=pb.FileStart(path=path, mode=mode))
-        view = memoryview(content)
+    for start, data in zip(starts, datas, strict=True):
+        yield pb.CommitRequest(file=start)
+        view = memoryview(data)
         for i in range(0, len(view), _CHUNK):
             yield pb.CommitRequest(chunk=bytes(view[i : i + _CHUNK]))
 
@@ -162,7 +180,7 @@ class Artifacts:
     def create_repo(self, name: str) -> Repo:
         """Create a repo; the answer carries its clone URL and token (shown only once)."""
         try:
-            resp = self._stub.CreateRepo(pb.CreateRepoRequest(name=name))
+            resp = self._stub.CreateRepo(checked(pb.CreateRepoRequest, name=name))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return _repo(resp.repo, resp.token)
@@ -178,7 +196,7 @@ class Artifacts:
     def delete_repo(self, name: str) -> None:
         """Delete a repo (its refs; shared objects stay for the repos that use them)."""
         try:
-            self._stub.DeleteRepo(pb.DeleteRepoRequest(name=name))
+            self._stub.DeleteRepo(checked(pb.DeleteRepoRequest, name=name))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -219,10 +237,8 @@ class Artifacts:
     def read(self, repo: str, path: str, ref: str = "main") -> bytes:
         """The content of one file at ``ref`` (a branch, tag or commit id)."""
         try:
-            return b"".join(
-                r.chunk
-                for r in self._stub.ReadBlob(pb.ReadBlobRequest(repo=repo, ref=ref, path=path))
-            )
+            request = checked(pb.ReadBlobRequest, repo=repo, ref=ref, path=path)
+            return b"".join(r.chunk for r in self._stub.ReadBlob(request))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -230,7 +246,8 @@ class Artifacts:
         self, repo: str, ref: str = "main", path: str = "", *, recursive: bool = False
     ) -> builtins.list[ArtifactTreeEntry]:
         """Entries of a directory at ``ref`` (every file below it when ``recursive``)."""
-        request = pb.ListTreeRequest(repo=repo, ref=ref, path=path, recursive=recursive)
+        request = checked(pb.ListTreeRequest, repo=repo, ref=ref, path=path,
+                          recursive=recursive)
         try:
             resp = self._stub.ListTree(request)
         except grpc.RpcError as e:
@@ -242,7 +259,7 @@ class Artifacts:
     ) -> builtins.list[ArtifactCommit]:
         """Commits reachable from ``ref``, newest first."""
         try:
-            resp = self._stub.Log(pb.LogRequest(repo=repo, ref=ref, limit=limit))
+            resp = self._stub.Log(checked(pb.LogRequest, repo=repo, ref=ref, limit=limit))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return [_commit(c) for c in resp.commits]
@@ -250,7 +267,7 @@ class Artifacts:
     def diff(self, repo: str, a: str, b: str) -> builtins.list[ArtifactFileChange]:
         """Paths that changed from ``a`` to ``b`` (commits or refs)."""
         try:
-            resp = self._stub.Diff(pb.DiffRequest(repo=repo, a=a, b=b))
+            resp = self._stub.Diff(checked(pb.DiffRequest, repo=repo, a=a, b=b))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return [_change(c) for c in resp.changes]
@@ -265,7 +282,7 @@ class AsyncArtifacts:
     async def create_repo(self, name: str) -> Repo:
         """Create a repo; the answer carries its clone URL and token (shown only once)."""
         try:
-            resp = await self._stub.CreateRepo(pb.CreateRepoRequest(name=name))
+            resp = await self._stub.CreateRepo(checked(pb.CreateRepoRequest, name=name))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return _repo(resp.repo, resp.token)
@@ -281,7 +298,7 @@ class AsyncArtifacts:
     async def delete_repo(self, name: str) -> None:
         """Delete a repo (its refs; shared objects stay for the repos that use them)."""
         try:
-            await self._stub.DeleteRepo(pb.DeleteRepoRequest(name=name))
+            await self._stub.DeleteRepo(checked(pb.DeleteRepoRequest, name=name))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -317,7 +334,8 @@ class AsyncArtifacts:
         """The content of one file at ``ref``."""
         chunks: builtins.list[bytes] = []
         try:
-            async for r in self._stub.ReadBlob(pb.ReadBlobRequest(repo=repo, ref=ref, path=path)):
+            request = checked(pb.ReadBlobRequest, repo=repo, ref=ref, path=path)
+            async for r in self._stub.ReadBlob(request):
                 chunks.append(r.chunk)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
@@ -327,7 +345,8 @@ class AsyncArtifacts:
         self, repo: str, ref: str = "main", path: str = "", *, recursive: bool = False
     ) -> builtins.list[ArtifactTreeEntry]:
         """Entries of a directory at ``ref``."""
-        request = pb.ListTreeRequest(repo=repo, ref=ref, path=path, recursive=recursive)
+        request = checked(pb.ListTreeRequest, repo=repo, ref=ref, path=path,
+                          recursive=recursive)
         try:
             resp = await self._stub.ListTree(request)
         except grpc.RpcError as e:
@@ -339,7 +358,7 @@ class AsyncArtifacts:
     ) -> builtins.list[ArtifactCommit]:
         """Commits reachable from ``ref``, newest first."""
         try:
-            resp = await self._stub.Log(pb.LogRequest(repo=repo, ref=ref, limit=limit))
+            resp = await self._stub.Log(checked(pb.LogRequest, repo=repo, ref=ref, limit=limit))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return [_commit(c) for c in resp.commits]
@@ -347,7 +366,7 @@ class AsyncArtifacts:
     async def diff(self, repo: str, a: str, b: str) -> builtins.list[ArtifactFileChange]:
         """Paths that changed from ``a`` to ``b``."""
         try:
-            resp = await self._stub.Diff(pb.DiffRequest(repo=repo, a=a, b=b))
+            resp = await self._stub.Diff(checked(pb.DiffRequest, repo=repo, a=a, b=b))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return [_change(c) for c in resp.changes]

@@ -20,6 +20,7 @@ busy with executions, or the statement ran past its time budget), `AlreadyExists
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from typing import Any, BinaryIO
 import grpc
 from pydantic import BaseModel, ConfigDict
 
+from sandboxd._arguments import checked, optional_text, seconds, text
 from sandboxd._errors import InvalidArgumentError, from_rpc_error
 from sandboxd.v1 import facets_pb2 as pb
 from sandboxd.v1 import facets_pb2_grpc
@@ -116,13 +118,15 @@ def _query_request(
     read_only: bool,
     time_budget: float | None,
 ) -> pb.QueryFacetRequest:
-    request = pb.QueryFacetRequest(
-        facet=name,
+    budget_s = seconds("time_budget", time_budget)
+    request = checked(
+        pb.QueryFacetRequest,
+        facet=text("name", name),
         sql=sql,
         max_rows=max_rows,
         max_bytes=max_bytes,
         read_only=read_only,
-        time_budget_ms=int(time_budget * 1000) if time_budget else 0,
+        time_budget_ms=math.ceil(budget_s * 1000) if budget_s else 0,
     )
     if isinstance(params, Mapping):
         for key, value in params.items():
@@ -188,13 +192,26 @@ def _export_to_repo_request(
     name: str, repo: str, path: str | None, branch: str, message: str | None
 ) -> pb.ExportFacetToRepoRequest:
     # Empty fields take the server's defaults: "<name>.sqlite" and "Export facet <name>".
-    return pb.ExportFacetToRepoRequest(
-        facet=name, repo=repo, path=path or "", branch=branch, message=message or ""
+    return checked(
+        pb.ExportFacetToRepoRequest,
+        facet=text("name", name),
+        repo=repo,
+        path=optional_text("path", path),
+        branch=branch,
+        message=optional_text("message", message),
     )
 
 
 def _import_requests(name: str, data: DataSource, replace: bool) -> Iterator[pb.ImportFacetRequest]:
-    yield pb.ImportFacetRequest(facet=name, replace=replace)
+    """The request stream of an import, its arguments checked before the stream starts."""
+    first = checked(pb.ImportFacetRequest, facet=text("name", name), replace=replace)
+    return _import_stream(first, data)
+
+
+def _import_stream(
+    first: pb.ImportFacetRequest, data: DataSource
+) -> Iterator[pb.ImportFacetRequest]:
+    yield first
     for chunk in _chunks_of(data):
         yield pb.ImportFacetRequest(data=chunk)
 
@@ -243,7 +260,7 @@ class Facets:
         request = _query_request(name, sql, params, max_rows, max_bytes, read_only, time_budget)
         collector = _Collector()
         try:
-            for response in self._stub.Query(request, timeout=timeout):
+            for response in self._stub.Query(request, timeout=seconds("timeout", timeout)):
                 collector.add(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -252,7 +269,7 @@ class Facets:
     def list(self, *, timeout: float | None = None) -> list[FacetInfo]:
         """Every facet on the server, sorted by name."""
         try:
-            response = self._stub.List(pb.ListFacetsRequest(), timeout=timeout)
+            response = self._stub.List(pb.ListFacetsRequest(), timeout=seconds("timeout", timeout))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return [_info(f) for f in response.facets]
@@ -260,7 +277,8 @@ class Facets:
     def iter_export(self, name: str, *, timeout: float | None = None) -> Iterator[bytes]:
         """Stream a consistent copy of facet `name`'s database file in chunks."""
         try:
-            for response in self._stub.Export(pb.ExportFacetRequest(facet=name), timeout=timeout):
+            request = pb.ExportFacetRequest(facet=text("name", name))
+            for response in self._stub.Export(request, timeout=seconds("timeout", timeout)):
                 yield response.data
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -321,7 +339,7 @@ class Facets:
         """
         request = _export_to_repo_request(name, repo, path, branch, message)
         try:
-            response = self._stub.ExportToRepo(request, timeout=timeout)
+            response = self._stub.ExportToRepo(request, timeout=seconds("timeout", timeout))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return str(response.commit_id)
@@ -342,7 +360,8 @@ class Facets:
             AlreadyExistsError: the facet exists and `replace` is False.
         """
         try:
-            response = self._stub.Import(_import_requests(name, data, replace), timeout=timeout)
+            requests = _import_requests(name, data, replace)
+            response = self._stub.Import(requests, timeout=seconds("timeout", timeout))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return _info(response.facet)
@@ -350,7 +369,8 @@ class Facets:
     def delete(self, name: str, *, timeout: float | None = None) -> None:
         """Delete facet `name` (waits for an execution holding it to finish)."""
         try:
-            self._stub.Delete(pb.DeleteFacetRequest(facet=name), timeout=timeout)
+            request = pb.DeleteFacetRequest(facet=text("name", name))
+            self._stub.Delete(request, timeout=seconds("timeout", timeout))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -381,7 +401,7 @@ class AsyncFacets:
         request = _query_request(name, sql, params, max_rows, max_bytes, read_only, time_budget)
         collector = _Collector()
         try:
-            async for response in self._stub.Query(request, timeout=timeout):
+            async for response in self._stub.Query(request, timeout=seconds("timeout", timeout)):
                 collector.add(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -390,7 +410,8 @@ class AsyncFacets:
     async def list(self, *, timeout: float | None = None) -> list[FacetInfo]:
         """Every facet on the server, sorted by name."""
         try:
-            response = await self._stub.List(pb.ListFacetsRequest(), timeout=timeout)
+            deadline = seconds("timeout", timeout)
+            response = await self._stub.List(pb.ListFacetsRequest(), timeout=deadline)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return [_info(f) for f in response.facets]
@@ -399,7 +420,7 @@ class AsyncFacets:
         """Stream a consistent copy of facet `name`'s database file in chunks."""
         try:
             async for response in self._stub.Export(
-                pb.ExportFacetRequest(facet=name), timeout=timeout
+                pb.ExportFacetRequest(facet=text("name", name)), timeout=seconds("timeout", timeout)
             ):
                 yield response.data
         except grpc.RpcError as error:
@@ -439,7 +460,7 @@ class AsyncFacets:
         """Commit a copy of facet `name` to an artifacts repo (see `Facets.export_to_repo`)."""
         request = _export_to_repo_request(name, repo, path, branch, message)
         try:
-            response = await self._stub.ExportToRepo(request, timeout=timeout)
+            response = await self._stub.ExportToRepo(request, timeout=seconds("timeout", timeout))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return str(response.commit_id)
@@ -448,13 +469,15 @@ class AsyncFacets:
         self, name: str, data: DataSource, *, replace: bool = False, timeout: float | None = None
     ) -> FacetInfo:
         """Upload a SQLite database file as facet `name` (see `Facets.import_`)."""
+        checked_requests = _import_requests(name, data, replace)
+        deadline = seconds("timeout", timeout)
 
         async def requests() -> AsyncIterator[pb.ImportFacetRequest]:
-            for request in _import_requests(name, data, replace):
+            for request in checked_requests:
                 yield request
 
         try:
-            response = await self._stub.Import(requests(), timeout=timeout)
+            response = await self._stub.Import(requests(), timeout=deadline)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return _info(response.facet)
@@ -462,6 +485,7 @@ class AsyncFacets:
     async def delete(self, name: str, *, timeout: float | None = None) -> None:
         """Delete facet `name` (waits for an execution holding it to finish)."""
         try:
-            await self._stub.Delete(pb.DeleteFacetRequest(facet=name), timeout=timeout)
+            request = pb.DeleteFacetRequest(facet=text("name", name))
+            await self._stub.Delete(request, timeout=seconds("timeout", timeout))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None

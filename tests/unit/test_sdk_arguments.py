@@ -1,12 +1,19 @@
-"""`run_code`'s arguments: wrong types and values are refused by name before anything is sent."""
+"""SDK arguments of the wrong type or sign are refused by name, before anything is sent.
+
+No server runs here: the channels point at a closed port, so a check that let a call through
+would fail with UnavailableError instead of InvalidArgumentError.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 
 from sandboxd import InvalidArgumentError
+from sandboxd._artifacts import Artifacts, AsyncArtifacts
+from sandboxd._facets import Facets
 from sandboxd._request import build_request, call_deadline
 from sandboxd.v1 import executor_pb2 as pb
 
@@ -75,3 +82,60 @@ def test_the_call_deadline_follows_the_timeout_unless_given() -> None:
     assert call_deadline(None, 2) == 2.0
     with pytest.raises(InvalidArgumentError, match="request_timeout"):
         call_deadline(None, 0)
+
+
+@pytest.fixture
+def channel() -> Any:
+    with grpc.insecure_channel("127.0.0.1:1") as unreachable:
+        yield unreachable
+
+
+@pytest.mark.parametrize(
+    ("call", "argument", "words"),
+    [
+        (lambda a: a.commit("r", {"a.txt": 1}, message="m"), "files['a.txt']",
+         "must be bytes or str, not int"),
+        (lambda a: a.commit("r", ["a.txt"], message="m"), "files", "must be a mapping"),
+        (lambda a: a.commit("r", {}, message=3), "message", "must be a string, not int"),
+        (lambda a: a.commit("r", {}, message="m", delete="a.txt"), "delete",
+         "must be a list of strings, not str"),
+        (lambda a: a.commit("r", {}, message="m", author="me"), "author", "(name, email)"),
+        (lambda a: a.commit("r", {"x": b""}, message="m", modes={"x": "755"}), "modes['x']",
+         "must be a file mode"),
+        (lambda a: a.read("r", 5), "path", "must be a string, not int"),
+        (lambda a: a.log("r", limit="10"), "limit", "must be a whole number, not str"),
+        (lambda a: a.log("r", limit=-1), "limit", "must not be negative"),
+        (lambda a: a.list("r", recursive="yes"), "recursive", "must be True or False"),
+        (lambda a: a.create_repo(None), "name", "must be a string, not NoneType"),
+    ],
+)
+def test_artifact_arguments_are_refused_by_name(channel: Any, call: Any, argument: str,
+                                                words: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        call(Artifacts(channel))
+    (violation,) = info.value.field_violations
+    assert (violation.field, words in violation.description) == (argument, True)
+
+
+async def test_an_async_commit_is_checked_before_its_stream_starts() -> None:
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as unreachable:
+        with pytest.raises(InvalidArgumentError, match="files"):
+            await AsyncArtifacts(unreachable).commit("r", {"a.txt": 1.5}, message="m")
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        (lambda f: f.query("db", "SELECT 1", timeout="2"), "timeout"),
+        (lambda f: f.query("db", "SELECT 1", time_budget=-1), "time_budget"),
+        (lambda f: f.query("db", "SELECT 1", max_rows=2.5), "max_rows"),
+        (lambda f: f.query(7, "SELECT 1"), "name"),
+        (lambda f: f.import_(7, b"data"), "name"),
+        (lambda f: f.delete("db", timeout=0), "timeout"),
+        (lambda f: f.export_to_repo("db", "repo", path=5), "path"),
+    ],
+)
+def test_facet_arguments_are_refused_by_name(channel: Any, call: Any, argument: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        call(Facets(channel))
+    assert [v.field for v in info.value.field_violations] == [argument]
