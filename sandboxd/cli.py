@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run code on a server",
                               description="Run a file or -c CODE; exits with the program's "
                               "exit code (124 on timeout, 1 on other failures).")
-    run.add_argument("file", nargs="?", type=Path, help="program file (or use -c)")
-    run.add_argument("-c", dest="code", metavar="CODE", help="program text")
+    run.add_argument("file", nargs="?", type=Path,
+                     help="program file, - for standard input (or use -c)")
+    run.add_argument("-c", dest="code", metavar="CODE",
+                     help="program text; for --lang command, the command line (split like a shell)")
     run.add_argument("--lang", choices=LANGUAGES,
                      help="language (default: from the file extension, else python)")
     run.add_argument("--isolate", choices=ISOLATES, default="auto", help="isolate kind")
@@ -165,13 +168,31 @@ def _run(args: argparse.Namespace) -> int:
     module: bytes | None = None
     code = args.code or ""
     if args.file is not None:
+        from_stdin = str(args.file) == "-"
+        if from_stdin and args.stdin:
+            print("sandboxd run: standard input holds the program; it cannot also be --stdin",
+                  file=sys.stderr)
+            return EXIT_USAGE
         try:
-            if language == "wasi":
-                module = args.file.read_bytes()
-            else:
-                code = args.file.read_text()
+            data = sys.stdin.buffer.read() if from_stdin else args.file.read_bytes()
         except OSError as exc:
             print(f"sandboxd run: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        if language == "wasi":
+            module = data
+        else:
+            try:
+                code = data.decode()
+            except UnicodeDecodeError as exc:
+                print(f"sandboxd run: {args.file} is not UTF-8 text (byte {data[exc.start]:#04x} "
+                      f"at offset {exc.start})", file=sys.stderr)
+                return EXIT_USAGE
+    argv = list(args.arg)
+    if language == "command" and args.code is not None and not argv:
+        try:
+            argv = shlex.split(args.code)
+        except ValueError as exc:
+            print(f"sandboxd run: -c: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
         files = _input_files(args.file_in)
@@ -197,14 +218,15 @@ def _run(args: argparse.Namespace) -> int:
             execution = client.run_code(
                 code, language, timeout=args.timeout, files=files, env=env, stdin=stdin,
                 isolate=args.isolate, memory=args.memory, output_paths=args.output or None,
-                argv=args.arg or None, module=module,
+                argv=argv or None, module=module,
                 on_stdout=write_out if stream else None,
                 on_stderr=write_err if stream else None,
             )
     except InvalidArgumentError as exc:
-        print(f"sandboxd run: {exc.message}", file=sys.stderr)
+        if not exc.field_violations:
+            print(f"sandboxd run: {exc.message}", file=sys.stderr)
         for violation in exc.field_violations:
-            print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+            print(f"sandboxd run: {violation.field} {violation.description}", file=sys.stderr)
         return EXIT_USAGE
     except SandboxdError as exc:
         print(f"sandboxd run: {exc.message} (server {args.target})", file=sys.stderr)

@@ -120,11 +120,11 @@ class ModuleCache:
                 module = None
         if module is None:
             if module_bytes[:4] != b"\0asm":
-                raise InvalidModule("not a WebAssembly binary (missing the \\0asm header)")
+                raise InvalidModule("is not a WebAssembly binary (missing the \\0asm header)")
             try:
                 module = wasmtime.Module(self.engine, module_bytes)
             except wasmtime.WasmtimeError as exc:
-                raise InvalidModule(f"the module does not compile: {_first_line(exc)}") from exc
+                raise InvalidModule(f"does not compile: {_first_line(exc)}") from exc
             tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
             tmp.write_bytes(bytes(module.serialize()))
             os.replace(tmp, path)

@@ -43,6 +43,26 @@ def test_run_explains_only_what_the_program_did_not_say(target: str) -> None:
     assert limited.stderr.strip() == "sandboxd run: timeout: wall-time limit of 0.2 s reached"
 
 
+def test_run_reads_the_program_from_standard_input(target: str) -> None:
+    done = sandboxd("run", "--target", target, "-", stdin="print(6*7)\n")
+    assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
+    both = sandboxd("run", "--target", target, "--stdin", "-", stdin="print(1)\n")
+    assert both.returncode == 2 and "cannot also be --stdin" in both.stderr
+
+
+def test_run_refuses_a_program_file_that_is_not_text(target: str, tmp_path: Path) -> None:
+    program = tmp_path / "latin1.py"
+    program.write_bytes(b"print('caf\xe9')\n")
+    done = sandboxd("run", "--target", target, str(program))
+    assert done.returncode == 2
+    assert done.stderr == f"sandboxd run: {program} is not UTF-8 text (byte 0xe9 at offset 10)\n"
+
+
+def test_run_command_line_is_split_like_a_shell(target: str) -> None:
+    done = sandboxd("run", "--target", target, "--lang", "command", "-c", "echo 'a  b' c")
+    assert (done.returncode, done.stdout) == (0, "a  b c\n"), done.stderr
+
+
 def test_run_javascript(target: str) -> None:
     done = sandboxd("run", "--target", target, "--lang", "javascript", "-c", "console.log(6*7)")
     assert done.returncode == 0, done.stderr
@@ -70,7 +90,8 @@ def test_run_timeout_exit_status(target: str) -> None:
 def test_run_reports_invalid_fields(target: str) -> None:
     done = sandboxd("run", "--target", target, "--file-in", "../x=/etc/hostname", "-c", "1")
     assert done.returncode == 2
-    assert "files[0].path" in done.stderr
+    assert done.stderr.startswith("sandboxd run: files[0].path ")
+    assert done.stderr.count("files[0].path") == 1
 
 
 def test_health(target: str) -> None:
