@@ -3,18 +3,20 @@
 Per call: decode (field-level errors for malformed bytes), validate, place, wait for an
 execution slot (or RESOURCE_EXHAUSTED), cap the timeout by the call's deadline, run on a worker
 thread, translate the outcome. A cancelled call cancels its isolate; the slot is held until the
-worker has destroyed it, so cancellation storms cannot pile up threads.
+worker has destroyed it, so cancellation storms cannot pile up threads. An execution still
+running `STUCK_GRACE_S` past its wall-time limit is blocked in a host call no limit reaches: it
+is answered TIMEOUT and its thread abandoned (executor/workers.py), up to `MAX_ABANDONED`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -27,7 +29,18 @@ from executor.rpc_errors import abort_invalid, abort_overloaded, abort_status
 from executor.runner import ExecutionOutcome, ExecutionRunner
 from executor.validation import ValidatedExecute, ValidationFailed, validate_execute
 from executor.wire import MalformedRequest, decode
-from isolates.base import CancelToken, InvalidRequest, IsolateKind, Limits, OutputSink
+from executor.workers import ExecutionWorkers
+from isolates.base import (
+    CancelToken,
+    ExecutionResult,
+    InvalidRequest,
+    IsolateKind,
+    Limits,
+    OutputSink,
+    Status,
+    Timings,
+    seconds_text,
+)
 from sandboxd.v1 import executor_pb2 as pb
 from scheduler.placement import PlacementError
 
@@ -36,6 +49,14 @@ __all__ = ["ExecutorService", "add_to_server"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "sandboxd.v1.Executor"
+STUCK_GRACE_S = 5.0
+"""How long past its wall-time limit an execution may take before its thread is abandoned.
+
+Longer than any isolate's own ending: a jail is killed 2 s after its limit and reaped within 2 s
+more (isolates/jail/_settings.py); a WASM guest running code is trapped within a tick.
+"""
+MAX_ABANDONED = 16
+"""Blocked executions beyond which the server refuses executions (UNAVAILABLE): restart it."""
 DEADLINE_MARGIN_S = 0.05
 """Kept back from the call's deadline so the result can still travel to the caller."""
 
@@ -61,7 +82,7 @@ class ExecutorService:
         runner: ExecutionRunner,
         settings: Settings,
         metrics: Metrics,
-        workers: ThreadPoolExecutor,
+        workers: ExecutionWorkers,
     ) -> None:
         self._runner = runner
         self._settings = settings
@@ -148,8 +169,13 @@ class ExecutorService:
         queued_s: float,
         on_output: OutputSink | None,
     ) -> ExecutionOutcome:
+        if self._workers.abandoned >= MAX_ABANDONED:
+            await abort_status(
+                context, code_pb2.UNAVAILABLE,
+                f"{self._workers.abandoned} executions are blocked in host calls that their "
+                "limits cannot interrupt; this server needs a restart",
+            )
         cancel = CancelToken()
-        loop = asyncio.get_running_loop()
         run: Callable[[], ExecutionOutcome] = lambda: self._runner.run(  # noqa: E731
             validated,
             arrival=arrival,
@@ -158,15 +184,25 @@ class ExecutorService:
             cancel=cancel,
         )
         self._metrics.running.inc()
-        future = loop.run_in_executor(self._workers, run)
+        worker: concurrent.futures.Future[ExecutionOutcome] = self._workers.submit(run)
+        future = asyncio.wrap_future(worker)
+        limit_s = validated.request.limits.timeout_s + STUCK_GRACE_S
         try:
-            outcome = await asyncio.shield(future)
+            outcome = await asyncio.wait_for(asyncio.shield(future), limit_s)
+        except TimeoutError:
+            # Past its wall-time limit and every isolate's own grace: the guest is blocked in
+            # a host call. Answer, and leave the thread to end when that call returns.
+            cancel.cancel()
+            future.cancel()  # nothing awaits it now, and the loop may be gone when it ends
+            outcome = self._abandon(validated, worker, arrival, queued_s)
         except asyncio.CancelledError:
             # The caller went away: stop the isolate, then wait for the worker to finish with
             # it, so the slot is not reused while the isolate still runs.
             cancel.cancel()
             try:
-                cancelled = await future
+                cancelled = await asyncio.wait_for(future, STUCK_GRACE_S)
+            except TimeoutError:
+                self._abandon(validated, worker, arrival, queued_s)
             except Exception:
                 log.exception("execution %s failed while being cancelled",
                               validated.request.execution_id)
@@ -186,6 +222,34 @@ class ExecutorService:
             self._metrics.running.dec()
         self._observe(outcome)
         return outcome
+
+    def _abandon(
+        self,
+        validated: ValidatedExecute,
+        worker: concurrent.futures.Future[ExecutionOutcome],
+        arrival: float,
+        queued_s: float,
+    ) -> ExecutionOutcome:
+        """Leave a blocked execution's thread behind and make its TIMEOUT outcome."""
+        abandoned = self._workers.abandon(worker)
+        self._metrics.abandoned.set(abandoned)
+        worker.add_done_callback(lambda _: self._metrics.abandoned.set(self._workers.abandoned))
+        request = validated.request
+        log.warning("execution %s is blocked in a host call past its wall-time limit; its "
+                    "thread is abandoned (%d now)", request.execution_id, abandoned)
+        kind, runtime = self._runner.place(validated)
+        elapsed_us = int((time.perf_counter() - arrival) * 1e6)
+        queued_us = int(queued_s * 1e6)
+        result = ExecutionResult(
+            status=Status.TIMEOUT,
+            exit_code=124,
+            message=(f"wall-time limit of {seconds_text(request.limits.timeout_s)} s reached; "
+                     "the program was blocked in a system call the limit cannot interrupt, "
+                     "and its isolate was left to end on its own"),
+            run_us=elapsed_us - queued_us,
+        )
+        timings = Timings(queued_us=queued_us, run_us=result.run_us, total_us=elapsed_us)
+        return ExecutionOutcome(result, kind, runtime, False, timings)
 
     async def _cap_by_deadline(
         self, validated: ValidatedExecute, context: grpc.aio.ServicerContext

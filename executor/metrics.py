@@ -53,6 +53,11 @@ class Metrics:
         self.running = Gauge(
             "sandboxd_executions_running", "Executions running now.", registry=r,
         )
+        self.abandoned = Gauge(
+            "sandboxd_executions_abandoned",
+            "Executions answered TIMEOUT while blocked in a host call, still blocked.",
+            registry=r,
+        )
         self.pool_hits = Counter(
             "sandboxd_pool_hits_total", "Isolates handed out warm.", ["runtime"], registry=r,
         )

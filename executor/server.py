@@ -15,7 +15,6 @@ import gc
 import logging
 import resource
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from executor.execute_service import ExecutorService
 from executor.isolate_setup import StartError
 from executor.metrics import Metrics
 from executor.runner import ExecutionRunner
+from executor.workers import ExecutionWorkers
 from isolates.pool import PoolConfig, WarmPool
 from sandboxd.v1 import executor_pb2
 
@@ -50,7 +50,7 @@ class Server:
     pool: WarmPool | None = None
     _grpc: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
-    _workers: ThreadPoolExecutor | None = None
+    _workers: ExecutionWorkers | None = None
     _closers: list[Any] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -69,8 +69,7 @@ class Server:
         )
         self.pool.start()
         # Workers beyond the execution slots absorb misses and cancellations finishing late.
-        self._workers = ThreadPoolExecutor(max_workers=s.concurrency + 4,
-                                           thread_name_prefix="execute")
+        self._workers = ExecutionWorkers(s.concurrency + 4)
         runner = ExecutionRunner(self.pool, jail_available=setup.jail_available,
                                  facets=setup.facets, committer=setup.committer)
         service = ExecutorService(runner, s, self.metrics, self._workers)

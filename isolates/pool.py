@@ -285,6 +285,10 @@ class _Disposer:
         self._thread.start()
 
     def put(self, isolate: Isolate) -> None:
+        if not self._thread.is_alive():
+            # Closed: an execution abandoned while blocked came back after shutdown.
+            _destroy_quietly(isolate)
+            return
         try:
             self._queue.put_nowait(isolate)
         except queue.Full:

@@ -11,11 +11,12 @@ with host functions written in Python:
   the isolate is created, before the request is known). A runtime may also serve one more fd
   from the host (`CoreContext.control_fd`, e.g. to hand the guest its request): reads of
   it call `CoreContext.control`, which may block.
-- `poll_oneoff` with relative clock subscriptions only (sleeps, timers): the host sleeps in
-  short slices and checks the execution's deadline and cancellation between them. wasmtime's
-  own sleep blocks inside the host call, where epoch interruption cannot reach, so
-  `sleep(1e9)` would hold a worker thread forever. Subscriptions on fds are answered as ready
-  at once (stdin and files never block); absolute-time clock subscriptions go to wasmtime.
+- `poll_oneoff` with clock subscriptions (sleeps, timers): the host sleeps in short slices and
+  checks the execution's deadline and cancellation between them. wasmtime's own sleep blocks
+  inside the host call, where epoch interruption cannot reach, so `sleep(1e9)` would hold a
+  worker thread forever. An absolute deadline is turned into a wait from now on the guest's own
+  clock (wasmtime's `clock_time_get`). Subscriptions on fds are answered as ready at once
+  (stdin and files never block).
 
 The overrides never raise to stop a guest: wasmtime-py parks an exception raised by a host
 function in a process-wide slot, where a concurrent call on another thread could pick it up.
@@ -69,6 +70,7 @@ class CoreContext:
     fd_write: Any = None
     """wasmtime's own fd_write of this store, for fds other than 1 and 2."""
     poll_oneoff: Any = None
+    clock_time_get: Any = None
     fd_read: Any = None
     stdin: bytes = b""
     """What the guest reads from fd 0."""
@@ -119,13 +121,16 @@ _SHIM_WAT = """
   (import "wasi" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
   (import "wasi" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (import "wasi" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
   (export "memory" (memory 0))
   (func (export "fd_write") (param i32 i32 i32 i32) (result i32)
     (call $fd_write (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
   (func (export "fd_read") (param i32 i32 i32 i32) (result i32)
     (call $fd_read (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
   (func (export "poll_oneoff") (param i32 i32 i32 i32) (result i32)
-    (call $poll_oneoff (local.get 0) (local.get 1) (local.get 2) (local.get 3))))
+    (call $poll_oneoff (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
+  (func (export "clock_time_get") (param i32 i64 i32) (result i32)
+    (call $clock_time_get (local.get 0) (local.get 1) (local.get 2))))
 """
 _shims: dict[int, wasmtime.Module] = {}
 _shim_lock = threading.Lock()
@@ -161,13 +166,14 @@ def bind_originals(
     engine = store.engine
 
     def bind(context: wasmtime.Store | wasmtime.Caller) -> None:
-        names = ("fd_write", "fd_read", "poll_oneoff")
+        names = ("fd_write", "fd_read", "poll_oneoff", "clock_time_get")
         originals = [base.get(context, _WASI, name) for name in names]
         shim = wasmtime.Instance(context, _shim(engine), [memory, *originals])
         exports = shim.exports(context)
         ctx.fd_write = exports["fd_write"]
         ctx.fd_read = exports["fd_read"]
         ctx.poll_oneoff = exports["poll_oneoff"]
+        ctx.clock_time_get = exports["clock_time_get"]
         ctx.bind = None
 
     if lazy:
@@ -334,10 +340,13 @@ def _poll_oneoff(caller: Any, in_: int, out: int, nsubs: int, nevents: int) -> i
     for i in range(nsubs):
         userdata, tag = struct.unpack_from("<QB", raw, 48 * i)
         if tag == 0:
-            _clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, 48 * i + 16)
+            clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, 48 * i + 16)
             if flags & 1:
-                # Absolute deadlines need the guest's clock base: wasmtime's implementation.
-                return _call_original(ctx, caller, "poll_oneoff", in_, out, nsubs, nevents)
+                # An absolute deadline: the wait left on the guest's own clock.
+                now = _guest_clock(ctx, caller, memory, clock, out)
+                if now is None:
+                    return _ERRNO_INVAL
+                timeout = max(0, timeout - now)
             subs.append((userdata, tag, timeout))
         else:
             subs.append((userdata, tag, 0))
@@ -364,6 +373,24 @@ def _poll_oneoff(caller: Any, in_: int, out: int, nsubs: int, nevents: int) -> i
     except _Fault:
         return _ERRNO_FAULT
     return _ERRNO_SUCCESS
+
+
+def _guest_clock(
+    ctx: CoreContext, caller: Any, memory: _GuestMemory, clock: int, scratch: int
+) -> int | None:
+    """Now on the guest's `clock`, in nanoseconds, or None if wasmtime refuses the clock.
+
+    wasmtime writes the time to guest memory: to `scratch`, the start of the events buffer,
+    which the poll overwrites with its events anyway.
+    """
+    errno = _call_original(ctx, caller, "clock_time_get", clock, 1, scratch)
+    if errno != _ERRNO_SUCCESS:
+        return None
+    try:
+        (now,) = struct.unpack("<Q", memory.read(scratch, 8))
+    except _Fault:
+        return None
+    return int(now)
 
 
 def _raw_callback(handler: Callable[[Any, int, int, int, int], int]) -> Any:

@@ -174,3 +174,30 @@ async def test_R8_thousand_concurrent_calls_all_answered(small_server: RunningSe
     # Every used isolate is gone: only the warm ones hold scratch directories.
     assert _scratch_entries(small_dir) == baseline_scratch
     assert_still_serving(small_server.target)
+
+
+# A guest's way around the sliced waits of the Python isolate: a fresh copy of the built-in
+# `time` module, whose sleep is wasmtime's own host call, which no wall-time limit interrupts.
+BLOCK_IN_A_HOST_CALL = """
+import importlib.machinery, _imp
+spec = importlib.machinery.ModuleSpec("time", importlib.machinery.BuiltinImporter)
+_imp.create_builtin(spec).sleep(30)
+"""
+
+
+def test_R1_a_guest_blocked_in_a_host_call_does_not_hold_the_server(small_dir: Path) -> None:
+    running = start_server(small_dir, max_concurrency=1, pool_jail=0, enable_jail=False)
+    metrics = running.server.metrics.registry
+    try:
+        with Client(running.target) as client:
+            blocked = client.run_code(BLOCK_IN_A_HOST_CALL, timeout=0.5)
+            assert blocked.status == "timeout"
+            assert "blocked in a system call" in blocked.message
+            assert metrics.get_sample_value("sandboxd_executions_abandoned") == 1
+            # The one execution slot is free again while the guest still sleeps.
+            assert client.run_code("print('next')").stdout == "next\n"
+            assert metrics.get_sample_value("sandboxd_executions_abandoned") == 1
+    finally:
+        running.stop()
+    # Stopping did not wait for the abandoned thread either: its guest is still asleep.
+    assert metrics.get_sample_value("sandboxd_executions_abandoned") == 1

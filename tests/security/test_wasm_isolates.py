@@ -182,6 +182,74 @@ def test_R7_memory_growth_and_blocked_host_call(factories: Factories) -> None:
     still_serving(factories)
 
 
+_ABSOLUTE_POLL = """
+  (module
+    (import "wasi_snapshot_preview1" "clock_time_get"
+      (func $now (param i32 i64 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "poll_oneoff"
+      (func $poll (param i32 i32 i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "fd_write"
+      (func $write (param i32 i32 i32 i32) (result i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 512) "woke\\n")
+    (func (export "_start")
+      (drop (call $now (i32.const 1) (i64.const 1) (i32.const 400)))
+      (i32.store (i32.const 16) (i32.const 1))
+      (i64.store (i32.const 24) (i64.add (i64.load (i32.const 400)) (i64.const DELTA_NS)))
+      (i32.store16 (i32.const 40) (i32.const 1))
+      (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 256)))
+      (i32.store (i32.const 600) (i32.const 512))
+      (i32.store (i32.const 604) (i32.const 5))
+      (drop (call $write (i32.const 1) (i32.const 600) (i32.const 1) (i32.const 700)))))"""
+
+
+def test_R7_sleeping_until_an_absolute_time_is_bounded_by_the_wall_limit(
+    factories: Factories,
+) -> None:
+    # A clock subscription with an absolute deadline, once handed to wasmtime as is, blocked
+    # the host call (and its worker thread) until that deadline, past every limit.
+    # (3 s rather than forever, so that a regression fails here instead of hanging: the
+    # status would be the same, but only after the 3 s.)
+    later = wasmtime.wat2wasm(_ABSOLUTE_POLL.replace("DELTA_NS", str(3 * 10**9)))
+    result = run(factories.wasi, language=Language.WASI, module=later,
+                 limits=Limits(timeout_s=0.2))
+    assert result.status is Status.TIMEOUT
+    assert result.run_us < 2_500_000, "the wait outlived the wall-time limit"
+    soon = wasmtime.wat2wasm(_ABSOLUTE_POLL.replace("DELTA_NS", str(50 * 10**6)))
+    result = run(factories.wasi, language=Language.WASI, module=soon)
+    assert (result.status, result.stdout) == (Status.OK, b"woke\n")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import select\nselect.select([], [], [], 5)",
+        "import select\nselect.poll().poll(5000)",
+        "import selectors\nselectors.DefaultSelector().select(5)",
+        "import asyncio\nasyncio.run(asyncio.sleep(5))",
+        "import time\ntime.sleep(5)",
+    ],
+)
+def test_R7_python_waits_in_host_calls_end_at_the_wall_limit(
+    factories: Factories, code: str
+) -> None:
+    # wasmtime's WASI poll cannot be interrupted; the guest waits in short slices instead.
+    # A wait done in one host call would end with the same status, but only after 5 s.
+    result = py(factories, code, limits=Limits(timeout_s=0.3))
+    assert result.status is Status.TIMEOUT
+    assert result.message == "wall-time limit of 0.3 s reached"
+    assert result.run_us < 4_000_000, "the wait outlived the wall-time limit"
+
+
+def test_asyncio_programs_run(factories: Factories) -> None:
+    code = ("import asyncio\n"
+            "async def twice(x):\n    await asyncio.sleep(0.01)\n    return 2 * x\n"
+            "async def main():\n    return await asyncio.gather(*(twice(i) for i in range(4)))\n"
+            "print(asyncio.run(main()))\n")
+    result = py(factories, code)
+    assert (result.status, result.stdout) == (Status.OK, b"[0, 2, 4, 6]\n"), result.stderr
+
+
 def test_R8_many_concurrent_executions_are_all_answered_without_leaks(
     factories: Factories, request: pytest.FixtureRequest
 ) -> None:

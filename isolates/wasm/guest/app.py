@@ -20,6 +20,7 @@ import gc
 import io
 import linecache as _linecache
 import os
+import select as _select
 import sys
 import time
 
@@ -215,6 +216,10 @@ class _TextStream(io.TextIOBase):
         self._sink.flush()
 
 
+_SLICE_S = 0.02
+"""Longest single wait in a host call: the wall-time limit stops guest code, not host calls."""
+
+
 def _interruptible_sleep(seconds: float) -> None:
     """time.sleep in short slices: a host sleep is not interruptible, guest code is."""
     if seconds < 0:
@@ -224,10 +229,50 @@ def _interruptible_sleep(seconds: float) -> None:
         left = end - time.monotonic()
         if left <= 0:
             return
-        _real_sleep(min(left, 0.02))
+        _real_sleep(min(left, _SLICE_S))
+
+
+def _interruptible_select(rlist, wlist, xlist, timeout=None):  # type: ignore[no-untyped-def]
+    """select.select waiting in short slices, as `_interruptible_sleep` does."""
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be non-negative")
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = _SLICE_S if end is None else min(_SLICE_S, max(0.0, end - time.monotonic()))
+        ready = _real_select(rlist, wlist, xlist, left)
+        if ready[0] or ready[1] or ready[2] or (end is not None and time.monotonic() >= end):
+            return ready
+
+
+class _InterruptiblePoll:
+    """select.poll() whose poll() waits in short slices (selectors and asyncio use it)."""
+
+    def __init__(self) -> None:
+        self._poll = _real_poll()
+
+    def register(self, fd, eventmask=_select.POLLIN | _select.POLLPRI | _select.POLLOUT):  # type: ignore[no-untyped-def]
+        self._poll.register(fd, eventmask)
+
+    def modify(self, fd, eventmask):  # type: ignore[no-untyped-def]
+        self._poll.modify(fd, eventmask)
+
+    def unregister(self, fd):  # type: ignore[no-untyped-def]
+        self._poll.unregister(fd)
+
+    def poll(self, timeout=None):  # type: ignore[no-untyped-def]
+        if timeout is not None and timeout < 0:
+            timeout = None  # select.poll reads a negative timeout as "wait forever"
+        end = None if timeout is None else time.monotonic() + timeout / 1000
+        while True:
+            left = _SLICE_S if end is None else min(_SLICE_S, max(0.0, end - time.monotonic()))
+            events = self._poll.poll(left * 1000)
+            if events or (end is not None and time.monotonic() >= end):
+                return events
 
 
 _real_sleep = time.sleep
+_real_select = _select.select
+_real_poll = _select.poll
 
 
 def _format_exception(exc: BaseException) -> str:
@@ -334,6 +379,20 @@ if os.path.isdir(_STDLIB_OUT) and not os.listdir(_STDLIB_OUT):
 _preimport_stdlib()
 
 
+def _loop_without_self_pipe() -> None:
+    """Let asyncio's event loop run without the socketpair it wakes itself through.
+
+    WASI has no socketpair, so creating a loop failed. The self-pipe only carries wake-ups from
+    other threads and signal handlers, and a WASI guest has neither.
+    """
+    from asyncio import selector_events
+
+    loop_class = selector_events.BaseSelectorEventLoop
+    loop_class._make_self_pipe = lambda self: None  # type: ignore[method-assign]
+    loop_class._close_self_pipe = lambda self: None  # type: ignore[method-assign]
+    loop_class._write_to_self = lambda self: None  # type: ignore[method-assign]
+
+
 def _set_up_process() -> None:
     """Everything that does not depend on the instance or the request: done at build time."""
     import tempfile
@@ -342,6 +401,14 @@ def _set_up_process() -> None:
     tempfile._name_sequence = None  # type: ignore[attr-defined]
     tempfile.tempdir = _CWD
     time.sleep = _interruptible_sleep
+    _select.select = _interruptible_select
+    _select.poll = _InterruptiblePoll
+    # selectors (and asyncio through it) bound the originals when the stdlib was pre-imported.
+    import selectors
+
+    selectors.PollSelector._selector_cls = _InterruptiblePoll  # type: ignore[attr-defined]
+    selectors.SelectSelector._select = staticmethod(_interruptible_select)  # type: ignore[attr-defined]
+    _loop_without_self_pipe()
     sys.stdout = _TextStream(_OUT, "<stdout>")
     sys.stderr = _TextStream(_ERR, "<stderr>")
     sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8", errors="replace")
