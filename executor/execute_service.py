@@ -49,11 +49,12 @@ __all__ = ["ExecutorService", "add_to_server"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "sandboxd.v1.Executor"
-STUCK_GRACE_S = 5.0
+STUCK_GRACE_S = 10.0
 """How long past its wall-time limit an execution may take before its thread is abandoned.
 
-Longer than any isolate's own ending: a jail is killed 2 s after its limit and reaped within 2 s
-more (isolates/jail/_settings.py); a WASM guest running code is trapped within a tick.
+Well beyond any isolate's own ending: a jail is killed 2 s after its limit and reaped within 2 s
+more (isolates/jail/_settings.py), even with thousands of processes to kill; a WASM guest
+running code is trapped within a tick.
 """
 MAX_ABANDONED = 16
 """Blocked executions beyond which the server refuses executions (UNAVAILABLE): restart it."""
