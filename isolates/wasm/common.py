@@ -91,6 +91,9 @@ def ending_for_reason(
         return Ending(Status.TIMEOUT, 124, f"wall-time limit of {seconds_text(limit)} s reached")
     if reason == "output" or capture.overflowed is not None:
         return Ending(Status.OUTPUT_LIMIT, 1, capture.message())
+    if reason == "descriptors":
+        return Ending(Status.ERROR, 1, "stopped: the server ran short of file descriptors "
+                                       "(too many files open in WebAssembly isolates)")
     return None
 
 

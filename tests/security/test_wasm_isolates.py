@@ -154,6 +154,20 @@ def test_R5_huge_output_is_capped_and_counted(factories: Factories) -> None:
     still_serving(factories)
 
 
+def test_R6_endless_open_files_stop_before_the_host_runs_out(factories: Factories) -> None:
+    # A guest's open files are this process's descriptors: unchecked, one guest would take them
+    # all (connections, other isolates, jails and packs with them).
+    assert py(factories, "print('first')").status is Status.OK  # lazy set-up opens files too
+    before = len(os.listdir("/proc/self/fd"))
+    code = ("import os\nfds = []\n"
+            "while True:\n    fds.append(os.open('/python/os.py', os.O_RDONLY))\n")
+    result = py(factories, code, limits=Limits(timeout_s=60))
+    assert result.status is Status.ERROR
+    assert "ran short of file descriptors" in result.message
+    assert len(os.listdir("/proc/self/fd")) == before  # released with the store
+    assert py(factories, "print('next')").stdout == b"next\n"
+
+
 def test_R7_memory_growth_and_blocked_host_call(factories: Factories) -> None:
     grow = wasmtime.wat2wasm("""
       (module (memory (export "memory") 1)
