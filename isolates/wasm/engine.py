@@ -77,12 +77,19 @@ class _Ticker(threading.Thread):
         self._engine = engine
 
     def run(self) -> None:
-        for tick in itertools.count():
-            # Idle when nothing runs: no wake-ups on an idle server.
-            _active.wait()
+        since_check = DESCRIPTOR_CHECK_TICKS
+        while True:
+            if not _active.is_set():
+                # Idle when nothing runs: no wake-ups on an idle server. The descriptors are
+                # counted again before the first tick: a verdict from before the pause is stale.
+                _active.wait()
+                since_check = DESCRIPTOR_CHECK_TICKS
             time.sleep(TICK_SECONDS)
-            if tick % DESCRIPTOR_CHECK_TICKS == 0:
+            # While short, count every tick: the stopped guests' descriptors go with their stores.
+            if since_check >= DESCRIPTOR_CHECK_TICKS or _descriptors.short:
                 _descriptors.check()
+                since_check = 0
+            since_check += 1
             self._engine.increment_epoch()
 
 
