@@ -35,6 +35,18 @@ from wasmtime import _ffi as ffi
 
 TICK_SECONDS: Final = 0.005
 """Epoch period: the resolution of timeouts and the latency of cancellation."""
+TABLE_ELEMENTS: Final = 1_000_000
+"""Most elements one table of a store may hold (8 bytes each, host memory)."""
+TABLES: Final = 16
+INSTANCES: Final = 64
+MEMORIES: Final = 4
+"""Most tables, instances and linear memories one store may create.
+
+A table lives in the host's memory, outside the guest's memory limit: unbounded, one
+`table.grow` loop took gigabytes of the server's memory within seconds. The Python component
+needs 2 tables of under 10,000 elements and 16 instances; these bounds leave room for large raw
+modules while capping what a store can take beside its memory at 16 tables of 8 MB.
+"""
 DESCRIPTOR_CHECK_TICKS: Final = 10
 """Ticks between two counts of the process's open descriptors (50 ms)."""
 DESCRIPTOR_ALARM: Final = 0.5
@@ -186,7 +198,7 @@ def new_store(engine: wasmtime.Engine, memory_bytes: int) -> tuple[wasmtime.Stor
         The store and its `Watch`; arm the watch with `running()` around guest calls.
     """
     store = wasmtime.Store(engine)
-    store.set_limits(memory_size=memory_bytes)
+    set_store_limits(store, memory_bytes)
     watch = Watch()
     watch._id = next(_ids)
     _watches[watch._id] = watch
@@ -195,6 +207,15 @@ def new_store(engine: wasmtime.Engine, memory_bytes: int) -> tuple[wasmtime.Stor
     )
     store.set_epoch_deadline(1)
     return store, watch
+
+
+def set_store_limits(store: wasmtime.Store, memory_bytes: int) -> None:
+    """Limit `store`'s linear memory to `memory_bytes`, and its tables and instances.
+
+    Every call replaces all of the store's limits, so this is the only way they are set.
+    """
+    store.set_limits(memory_size=memory_bytes, table_elements=TABLE_ELEMENTS,
+                     instances=INSTANCES, tables=TABLES, memories=MEMORIES)
 
 
 class running:

@@ -60,7 +60,7 @@ from isolates.wasm.common import (
     memory_message,
     wasi_config,
 )
-from isolates.wasm.engine import Watch, get_engine, new_store, running
+from isolates.wasm.engine import Watch, get_engine, new_store, running, set_store_limits
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.quickjs_snapshot import (
     CONTEXT,
@@ -266,7 +266,7 @@ class JavaScriptIsolate(Isolate):
         ctx.capture = capture
         ctx.stdin = request.stdin
         ctx.control = _Payload(_request_payload(request, _random_seed())).read
-        store.set_limits(memory_size=request.limits.memory_bytes)
+        set_store_limits(store, request.limits.memory_bytes)
         watch.deadline = time.monotonic() + request.limits.timeout_s
         if cancel is not None:
             cancel.on_cancel(lambda: setattr(watch, "cancelled", True))

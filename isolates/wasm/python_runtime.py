@@ -50,7 +50,7 @@ from isolates.wasm.common import (
     memory_message,
     wasi_config,
 )
-from isolates.wasm.engine import Watch, get_engine, new_store, running
+from isolates.wasm.engine import Watch, get_engine, new_store, running, set_store_limits
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir, instance_scratch_root
 
@@ -302,7 +302,7 @@ class PythonIsolate(Isolate):
             scratch.write_inputs(request.files)
         except (ValueError, OSError) as exc:
             return ExecutionResult(status=Status.ERROR, exit_code=1, message=str(exc))
-        store.set_limits(memory_size=request.limits.memory_bytes)
+        set_store_limits(store, request.limits.memory_bytes)
         ending = self._call(request, capture, cancel)
         files = collect_outputs(scratch, request)
         return ExecutionResult(

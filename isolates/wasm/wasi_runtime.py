@@ -46,7 +46,7 @@ from isolates.wasm.common import (
     memory_message,
     wasi_config,
 )
-from isolates.wasm.engine import Watch, get_engine, new_store, running
+from isolates.wasm.engine import Watch, get_engine, new_store, running, set_store_limits
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir, instance_scratch_root
 from isolates.wasm.wasi_core import (
@@ -305,7 +305,7 @@ class WasiIsolate(Isolate):
     ) -> Ending:
         store, scratch = self._store, self._scratch
         assert store is not None and scratch is not None
-        store.set_limits(memory_size=request.limits.memory_bytes)
+        set_store_limits(store, request.limits.memory_bytes)
         config = wasi_config(scratch, self._facet_dir)
         # C and Rust programs open relative paths against the "." preopen.
         config.preopen_dir(str(scratch.path), ".")

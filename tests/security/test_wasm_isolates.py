@@ -154,6 +154,24 @@ def test_R5_huge_output_is_capped_and_counted(factories: Factories) -> None:
     still_serving(factories)
 
 
+def test_R7_table_growth_is_bounded_though_tables_live_in_host_memory(
+    factories: Factories,
+) -> None:
+    # Tables are host memory, outside the memory limit: unbounded, this loop took gigabytes of
+    # the server's memory in seconds. Now `table.grow` fails at the store's table limit.
+    grow_table = wasmtime.wat2wasm("""
+      (module
+        (table $t 0 funcref)
+        (func (export "_start")
+          (loop (br_if 0 (i32.ne (table.grow $t (ref.null func) (i32.const 100000))
+                                 (i32.const -1))))
+          (if (i32.gt_u (table.size $t) (i32.const 1000000)) (then unreachable))))""")
+    result = run(factories.wasi, language=Language.WASI, module=grow_table,
+                 limits=Limits(timeout_s=10))
+    assert result.status is Status.OK, result.message
+    still_serving(factories)
+
+
 def test_R6_endless_open_files_stop_before_the_host_runs_out(factories: Factories) -> None:
     # A guest's open files are this process's descriptors: unchecked, one guest would take them
     # all (connections, other isolates, jails and packs with them).
