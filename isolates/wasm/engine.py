@@ -70,15 +70,20 @@ def get_engine() -> wasmtime.Engine:
     global _engine
     with _lock:
         if _engine is None:
-            config = wasmtime.Config()
-            config.epoch_interruption = ENGINE_SETTINGS["epoch_interruption"]
-            config.consume_fuel = ENGINE_SETTINGS["consume_fuel"]
-            config.cranelift_opt_level = ENGINE_SETTINGS["cranelift_opt_level"]
-            config.memory_init_cow = ENGINE_SETTINGS["memory_init_cow"]
-            config.wasm_component_model = ENGINE_SETTINGS["wasm_component_model"]
-            _engine = wasmtime.Engine(config)
+            _engine = wasmtime.Engine(engine_config())
             _Ticker(_engine).start()
         return _engine
+
+
+def engine_config() -> wasmtime.Config:
+    """A Config with `ENGINE_SETTINGS`: what every Engine compiling for this process uses."""
+    config = wasmtime.Config()
+    config.epoch_interruption = ENGINE_SETTINGS["epoch_interruption"]
+    config.consume_fuel = ENGINE_SETTINGS["consume_fuel"]
+    config.cranelift_opt_level = ENGINE_SETTINGS["cranelift_opt_level"]
+    config.memory_init_cow = ENGINE_SETTINGS["memory_init_cow"]
+    config.wasm_component_model = ENGINE_SETTINGS["wasm_component_model"]
+    return config
 
 
 class _Ticker(threading.Thread):

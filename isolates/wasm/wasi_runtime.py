@@ -1,11 +1,13 @@
 """Raw WASI modules supplied by the caller (e.g. Rust or C compiled to wasm32-wasi).
 
-A module is compiled once per sha256 of its bytes and cached twice: deserialized `Module`s in
-memory (LRU, bounded by count) and serialized artifacts under DATA_DIR/wasm/modules/ (LRU by
-last use, bounded by count and bytes). Bytes that are not a valid module raise `InvalidModule`
-from `WasiFactory.compile` (the executor turns it into INVALID_ARGUMENT); inside `run()` the same
-failure, and everything else a module can do (missing imports, traps, a start function that
-never ends, exhausting memory), ends in an `ExecutionResult` with a status and a message.
+A module is compiled once per sha256 of its bytes, in a process of its own under CPU and memory
+limits (compile_worker.py: compiling is where a hostile module costs the most), and cached
+twice: deserialized `Module`s in memory (LRU, bounded by count) and serialized artifacts under
+DATA_DIR/wasm/modules/ (LRU by last use, bounded by count and bytes). Bytes that are not a
+valid module raise `InvalidModule` from `WasiFactory.compile` (the executor turns it into
+INVALID_ARGUMENT); inside `run()` the same failure, and everything else a module can do (missing
+imports, traps, a start function that never ends, exhausting memory), ends in an
+`ExecutionResult` with a status and a message.
 
 Isolates of this runtime are not pooled: the module arrives with the request, so `create()`
 only prepares the scratch directory and the Store; `run()` sets up WASI (argv, env, the scratch
@@ -17,9 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
@@ -66,6 +72,51 @@ class InvalidModule(ValueError):
     """
 
 
+@dataclass(frozen=True)
+class CompileLimits:
+    """What compiling one module may take (in its own process)."""
+
+    cpu_s: int = 120
+    """CPU seconds, on all of Cranelift's threads together."""
+    memory_bytes: int = 4 << 30
+    """Address space of the compiling process."""
+    wall_s: float = 180.0
+
+    def describe(self) -> str:
+        """The limits in words, for error messages."""
+        return f"{self.cpu_s} s of CPU and {self.memory_bytes >> 20} MiB of memory"
+
+
+def compile_in_worker(module_bytes: bytes, out: Path, limits: CompileLimits) -> None:
+    """Compile `module_bytes` in a child process under `limits`; the artifact goes to `out`.
+
+    Raises:
+        InvalidModule: the module does not compile, or not within the limits.
+    """
+    def limit_child() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "isolates.wasm.compile_worker", str(out)],
+            input=module_bytes, capture_output=True, timeout=limits.wall_s,
+            preexec_fn=limit_child, cwd=_PACKAGE_ROOT, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise InvalidModule(f"does not compile within {limits.wall_s:g} s") from None
+    if done.returncode == 2:
+        reason = _first_line(done.stderr.decode(errors="replace"))
+        raise InvalidModule(f"does not compile: {reason}")
+    if done.returncode != 0 or not out.is_file():
+        raise InvalidModule(f"does not compile within the limits of {limits.describe()}")
+
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""Where `python -m isolates.wasm.compile_worker` finds the package."""
+
+
 class ModuleCache:
     """Compiled modules by sha256: in memory and serialized on disk, both LRU-bounded."""
 
@@ -77,6 +128,7 @@ class ModuleCache:
         max_entries: int = 256,
         max_bytes: int = 1 << 30,
         memory_entries: int = 32,
+        compile_limits: CompileLimits | None = None,
     ) -> None:
         """Create a cache writing to `directory`.
 
@@ -86,8 +138,10 @@ class ModuleCache:
             max_entries: most serialized modules kept on disk.
             max_bytes: most bytes of serialized modules kept on disk.
             memory_entries: most deserialized modules kept in memory.
+            compile_limits: what compiling one module may take.
         """
         self.engine = engine
+        self.compile_limits = compile_limits or CompileLimits()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_entries = max_entries
@@ -121,13 +175,13 @@ class ModuleCache:
         if module is None:
             if module_bytes[:4] != b"\0asm":
                 raise InvalidModule("is not a WebAssembly binary (missing the \\0asm header)")
-            try:
-                module = wasmtime.Module(self.engine, module_bytes)
-            except wasmtime.WasmtimeError as exc:
-                raise InvalidModule(f"does not compile: {_first_line(exc)}") from exc
             tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(bytes(module.serialize()))
-            os.replace(tmp, path)
+            try:
+                compile_in_worker(module_bytes, tmp, self.compile_limits)
+                module = wasmtime.Module.deserialize_file(self.engine, str(tmp))
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
             self._evict_disk()
         with self._lock:
             self._memory[digest] = module
@@ -168,9 +222,9 @@ def _memory_exhausted(
     return bool(memory.data_len(store) + max(1 << 20, limit // 16) > limit)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:500] if lines else type(exc).__name__
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:500] if lines else "no reason given"
 
 
 class WasiFactory(IsolateFactory):
@@ -186,6 +240,7 @@ class WasiFactory(IsolateFactory):
         limits: Limits | None = None,
         max_cached_modules: int = 256,
         max_cached_bytes: int = 1 << 30,
+        compile_limits: CompileLimits | None = None,
     ) -> None:
         """Set up the module cache under `data_dir`.
 
@@ -194,6 +249,7 @@ class WasiFactory(IsolateFactory):
             limits: default limits applied at create() (each run sets its own).
             max_cached_modules: most serialized modules kept on disk.
             max_cached_bytes: most bytes of serialized modules kept on disk.
+            compile_limits: what compiling one module may take.
         """
         self.data_dir = Path(data_dir).resolve()
         self.limits = limits or Limits()
@@ -203,6 +259,7 @@ class WasiFactory(IsolateFactory):
             runtime_paths(self.data_dir).modules_dir,
             max_entries=max_cached_modules,
             max_bytes=max_cached_bytes,
+            compile_limits=compile_limits,
         )
         self.linker, self.base_linker = new_linker(self.engine)
         self.scratch_root = instance_scratch_root(self.data_dir)
@@ -328,7 +385,7 @@ class WasiIsolate(Isolate):
                 ending = Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
             elif "unknown import" in str(exc):
                 ending.message = (
-                    f"the module imports what WASI does not provide: {_first_line(exc)}"
+                    f"the module imports what WASI does not provide: {_first_line(str(exc))}"
                 )
             elif "memory minimum size" in str(exc) or "exceeds memory limits" in str(exc):
                 ending = Ending(

@@ -26,6 +26,7 @@ from isolates.wasm import (
     WasiFactory,
 )
 from isolates.wasm.scratch import instance_scratch_root
+from isolates.wasm.wasi_runtime import CompileLimits
 from tests.conftest import private_data_dir
 from tests.isolation import run_alone
 
@@ -416,6 +417,23 @@ def test_N1_no_network(factories: Factories) -> None:
     )
     result = py(factories, code)
     assert result.status is Status.OK and result.stdout.startswith(b"refused")
+
+
+def test_R3_a_module_costly_to_compile_is_refused_within_the_compile_limits(
+    factories: Factories, tmp_path: Path
+) -> None:
+    # Compiling grows with the size of a function: 6 MB of one function took 23 s and 1 GB
+    # on the development VM, and modules may be 64 MiB. The compile runs in a process of its
+    # own, under limits; here one second of CPU, for a function that needs several.
+    body = " (i32.const 1) i32.add" * 300_000
+    costly = wasmtime.wat2wasm(
+        f'(module (func (export "_start") (result i32) (i32.const 1){body}))')
+    limited = WasiFactory(tmp_path, compile_limits=CompileLimits(cpu_s=1))
+    with pytest.raises(InvalidModule, match="within the limits of 1 s of CPU"):
+        limited.compile(bytes(costly))
+    # A module within the limits still compiles.
+    small = wasmtime.wat2wasm('(module (func (export "_start")))')
+    assert run(factories.wasi, language=Language.WASI, module=small).status is Status.OK
 
 
 def test_A5_bad_wasm_modules_give_clear_results(factories: Factories) -> None:
