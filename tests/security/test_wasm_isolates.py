@@ -183,7 +183,9 @@ def test_R6_endless_open_files_stop_before_the_host_runs_out(factories: Factorie
     result = py(factories, code, limits=Limits(timeout_s=60))
     assert result.status is Status.ERROR
     assert "ran short of file descriptors" in result.message
-    assert len(os.listdir("/proc/self/fd")) == before  # released with the store
+    # Released with the store (the guest held thousands; the slack is this process's other
+    # users of descriptors, such as a test server's pool refilling meanwhile).
+    assert len(os.listdir("/proc/self/fd")) < before + 50
     assert py(factories, "print('next')").stdout == b"next\n"
 
 
