@@ -426,8 +426,8 @@ def test_R3_a_module_costly_to_compile_is_refused_within_the_compile_limits(
 ) -> None:
     # Compiling grows with the size of a function: 6 MB of one function took 23 s and 1 GB
     # on the development VM, and modules may be 64 MiB. The compile runs in a process of its
-    # own, under limits; here one second of CPU, for a function that needs several.
-    body = " (i32.const 1) i32.add" * 300_000
+    # own, under limits; here one second of CPU, for a function that needed 12 s here.
+    body = " (i32.const 1) i32.add" * 1_000_000
     costly = wasmtime.wat2wasm(
         f'(module (func (export "_start") (result i32) (i32.const 1){body}))')
     limited = WasiFactory(tmp_path, compile_limits=CompileLimits(cpu_s=1))
