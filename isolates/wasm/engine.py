@@ -13,9 +13,10 @@ descriptors of this process (wasmtime opens them for it), and nothing in wasmtim
 many one store holds: a guest opening files in a loop would take every descriptor the server
 has, and with them its connections, other isolates, jails and artifact packs. So while guests
 run, the ticker counts the process's descriptors every `DESCRIPTOR_CHECK_TICKS` ticks, and
-while more than `DESCRIPTOR_ALARM` of the limit are open it stops every running guest (reason
-"descriptors"). Which store holds them cannot be told (a guest can open the shared, read-only
-standard library again and again), so all are stopped; an honest workload never gets near.
+while more than `DESCRIPTOR_ALARM` of the limit (at most `DESCRIPTOR_ALARM_MAX`) are open it
+stops every running guest (reason "descriptors"). Which store holds them cannot be told (a
+guest can open the shared, read-only standard library again and again), so all are stopped;
+an honest workload never gets near.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ modules while capping what a store can take beside its memory at 16 tables of 8 
 DESCRIPTOR_CHECK_TICKS: Final = 10
 """Ticks between two counts of the process's open descriptors (50 ms)."""
 DESCRIPTOR_ALARM: Final = 0.5
-"""Fraction of RLIMIT_NOFILE open at which running guests are stopped."""
+"""Fraction of RLIMIT_NOFILE open at which running guests are stopped..."""
+DESCRIPTOR_ALARM_MAX: Final = 65_536
+"""...or this many, when the limit is higher: each open file also costs kernel memory."""
 
 ENGINE_SETTINGS: Final[dict[str, Any]] = {
     "epoch_interruption": True,
@@ -124,7 +127,7 @@ class _DescriptorGuard:
         except OSError as exc:
             # EMFILE itself: the listing needs a descriptor. Short by definition.
             count = soft if exc.errno == errno.EMFILE else 0
-        self.short = count > soft * DESCRIPTOR_ALARM
+        self.short = count > min(soft * DESCRIPTOR_ALARM, DESCRIPTOR_ALARM_MAX)
 
 
 _descriptors = _DescriptorGuard()
