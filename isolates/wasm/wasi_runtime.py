@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -93,16 +92,12 @@ def compile_in_worker(module_bytes: bytes, out: Path, limits: CompileLimits) -> 
     Raises:
         InvalidModule: the module does not compile, or not within the limits.
     """
-    def limit_child() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "isolates.wasm.compile_worker", str(out)],
+            [sys.executable, "-m", "isolates.wasm.compile_worker", str(out),
+             str(limits.cpu_s), str(limits.memory_bytes)],
             input=module_bytes, capture_output=True, timeout=limits.wall_s,
-            preexec_fn=limit_child, cwd=_PACKAGE_ROOT, check=False,
+            cwd=_PACKAGE_ROOT, check=False,
         )
     except subprocess.TimeoutExpired:
         raise InvalidModule(f"does not compile within {limits.wall_s:g} s") from None
