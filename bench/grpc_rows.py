@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.stats import Row, summarize
+from bench.stats import Row, cpu_seconds, summarize
 from sandboxd import AsyncClient, Client, ResourceExhaustedError, SandboxdError
 
 __all__ = ["rows", "served"]
@@ -63,12 +63,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time that process `pid` (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _sequential(target: str, n: int, code: str, language: str, isolate: str,

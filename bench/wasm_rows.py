@@ -12,7 +12,6 @@ wasmtime.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import wasmtime
 
-from bench.stats import Row, summarize
+from bench.stats import Row, cpu_seconds, summarize
 from isolates.base import ExecutionRequest, Language
 from isolates.wasm import JavaScriptFactory, PythonFactory, ensure_runtimes
 from isolates.wasm.engine import get_engine, running
@@ -117,14 +116,14 @@ def fresh_throughput(factory: Factory, n: int = 400, threads: int = 2) -> Row:
             samples.extend(mine)
 
     workers = [threading.Thread(target=work) for _ in range(threads)]
-    cpu_before = _process_cpu_s()
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
     wall = time.perf_counter() - started
-    cpu_ms = (_process_cpu_s() - cpu_before) / len(samples) * 1e3
+    cpu_ms = (cpu_seconds() - cpu_before) / len(samples) * 1e3
     cores = os.cpu_count() or 1
     ceiling = cores / cpu_ms * 1e3
     return summarize(
@@ -136,11 +135,6 @@ def fresh_throughput(factory: Factory, n: int = 400, threads: int = 2) -> Row:
         ceiling_per_s=ceiling,
         note=f"CPU {cpu_ms:.2f} ms per execution: at most {ceiling:.0f}/s on {cores} cores",
     )
-
-
-def _process_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _private_bytes() -> int:

@@ -189,13 +189,16 @@ class ExecutorService:
         future = asyncio.wrap_future(worker)
         limit_s = validated.request.limits.timeout_s + STUCK_GRACE_S
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(future), limit_s)
-        except TimeoutError:
-            # Past its wall-time limit and every isolate's own grace: the guest is blocked in
-            # a host call. Answer, and leave the thread to end when that call returns.
-            cancel.cancel()
-            future.cancel()  # nothing awaits it now, and the loop may be gone when it ends
-            outcome = self._abandon(validated, worker, arrival, queued_s)
+            # `wait` leaves the future running when the call is cancelled or the time is up.
+            done, _ = await asyncio.wait({future}, timeout=limit_s)
+            if done:
+                outcome = future.result()
+            else:
+                # Past its wall-time limit and every isolate's own grace: the guest is blocked
+                # in a host call. Answer, and leave the thread to end when that call returns.
+                cancel.cancel()
+                future.cancel()  # nothing awaits it now, and the loop may be gone when it ends
+                outcome = self._abandon(validated, worker, arrival, queued_s)
         except asyncio.CancelledError:
             # The caller went away: stop the isolate, then wait for the worker to finish with
             # it, so the slot is not reused while the isolate still runs.
@@ -233,8 +236,6 @@ class ExecutorService:
     ) -> ExecutionOutcome:
         """Leave a blocked execution's thread behind and make its TIMEOUT outcome."""
         abandoned = self._workers.abandon(worker)
-        self._metrics.abandoned.set(abandoned)
-        worker.add_done_callback(lambda _: self._metrics.abandoned.set(self._workers.abandoned))
         request = validated.request
         log.warning("execution %s is blocked in a host call past its wall-time limit; its "
                     "thread is abandoned (%d now)", request.execution_id, abandoned)

@@ -70,6 +70,8 @@ class Server:
         self.pool.start()
         # Workers beyond the execution slots absorb misses and cancellations finishing late.
         self._workers = ExecutionWorkers(s.concurrency + 4)
+        workers = self._workers
+        self.metrics.abandoned.set_function(lambda: workers.abandoned)
         runner = ExecutionRunner(self.pool, jail_available=setup.jail_available,
                                  facets=setup.facets, committer=setup.committer)
         service = ExecutorService(runner, s, self.metrics, self._workers)

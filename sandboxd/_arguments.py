@@ -23,6 +23,7 @@ __all__ = [
     "bytes_or_text",
     "checked",
     "contents",
+    "milliseconds",
     "optional_text",
     "refuse",
     "seconds",
@@ -74,6 +75,13 @@ def seconds(argument: str, value: object) -> float | None:
     if not math.isfinite(value) or value <= 0:
         raise refuse(argument, f"must be a positive number of seconds, not {value}")
     return float(value)
+
+
+def milliseconds(argument: str, value: object) -> int:
+    """`seconds` on the wire: whole milliseconds, rounded up (0, the default, for None)."""
+    given = seconds(argument, value)
+    # Rounded up: a sub-millisecond limit must not become 0, which means "the default".
+    return math.ceil(given * 1000) if given is not None else 0
 
 
 def byte_count(argument: str, value: object) -> int:

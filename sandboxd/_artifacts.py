@@ -156,7 +156,7 @@ def _commit_requests(
     for path, mode in file_modes.items():
         if isinstance(mode, bool) or not isinstance(mode, int) or mode < 0:
             raise refuse(f"modes[{path!r}]", f"must be a file mode such as 0o100755, not {mode!r}")
-    starts = [checked(pb.FileStart, path=path, mode=file_modes.get(path, 0)) for path, _ in pairs]
+    starts = [pb.FileStart(path=path, mode=file_modes.get(path, 0)) for path, _ in pairs]
     return _commit_stream(header, starts, [data for _, data in pairs])
 
 

@@ -20,7 +20,6 @@ busy with executions, or the statement ran past its time budget), `AlreadyExists
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO
 import grpc
 from pydantic import BaseModel, ConfigDict
 
-from sandboxd._arguments import checked, optional_text, seconds, text
+from sandboxd._arguments import checked, milliseconds, optional_text, seconds, text
 from sandboxd._errors import InvalidArgumentError, from_rpc_error
 from sandboxd.v1 import facets_pb2 as pb
 from sandboxd.v1 import facets_pb2_grpc
@@ -118,7 +117,6 @@ def _query_request(
     read_only: bool,
     time_budget: float | None,
 ) -> pb.QueryFacetRequest:
-    budget_s = seconds("time_budget", time_budget)
     request = checked(
         pb.QueryFacetRequest,
         facet=text("name", name),
@@ -126,7 +124,7 @@ def _query_request(
         max_rows=max_rows,
         max_bytes=max_bytes,
         read_only=read_only,
-        time_budget_ms=math.ceil(budget_s * 1000) if budget_s else 0,
+        time_budget_ms=milliseconds("time_budget", time_budget),
     )
     if isinstance(params, Mapping):
         for key, value in params.items():

@@ -6,15 +6,14 @@ settings are the server's to check, and its `BadRequest` names the wire field an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from sandboxd._arguments import (
     BYTES_LIKE,
     byte_count,
     bytes_or_text,
     contents,
+    milliseconds,
     optional_text,
     refuse,
     seconds,
@@ -69,29 +68,27 @@ def build_request(
                                   f"not {language!r}")
     if isolate not in ISOLATES:
         raise refuse("isolate", f"must be auto, wasm or jail, not {isolate!r}")
-    timeout_s = seconds("timeout", timeout)
     if module is not None and not isinstance(module, BYTES_LIKE):
         raise refuse("module", f"must be bytes, not {type(module).__name__}")
-    request: dict[str, Any] = {
-        "language": LANGUAGES[language],
-        "code": code,
-        "module": bytes(module) if module else b"",
-        "argv": strings("argv", argv),
-        "stdin": bytes_or_text("stdin", stdin),
-        "env": text_mapping("env", env),
-        "files": [pb.File(path=path, content=data) for path, data in contents("files", files)],
-        "isolate": ISOLATES[isolate],
-        "limits": pb.Limits(
-            timeout_ms=math.ceil(timeout_s * 1000) if timeout_s else 0,
+    return pb.ExecuteRequest(
+        language=LANGUAGES[language],
+        code=code,
+        module=bytes(module) if module else b"",
+        argv=strings("argv", argv),
+        stdin=bytes_or_text("stdin", stdin),
+        env=text_mapping("env", env),
+        files=[pb.File(path=path, content=data) for path, data in contents("files", files)],
+        isolate=ISOLATES[isolate],
+        limits=pb.Limits(
+            timeout_ms=milliseconds("timeout", timeout),
             memory_bytes=byte_count("memory", memory),
             output_bytes=byte_count("output_limit", output_limit),
         ),
-        "output_paths": strings("output_paths", output_paths),
-        "facet": optional_text("facet", facet),
-        "output_repo": optional_text("output_repo", output_repo),
-        "output_branch": optional_text("output_branch", output_branch),
-    }
-    return pb.ExecuteRequest(**request)
+        output_paths=strings("output_paths", output_paths),
+        facet=optional_text("facet", facet),
+        output_repo=optional_text("output_repo", output_repo),
+        output_branch=optional_text("output_branch", output_branch),
+    )
 
 
 def call_deadline(timeout: float | None, request_timeout: float | None) -> float | None:

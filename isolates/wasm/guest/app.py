@@ -220,28 +220,38 @@ _SLICE_S = 0.02
 """Longest single wait in a host call: the wall-time limit stops guest code, not host calls."""
 
 
+def _slices(timeout):  # type: ignore[no-untyped-def]
+    """The waits, at most `_SLICE_S` each, that add up to `timeout` seconds (None: forever).
+
+    A zero timeout is one zero-length wait (a poll); the limit is checked between the waits.
+    """
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if end is None:
+            yield _SLICE_S
+            continue
+        yield max(0.0, min(_SLICE_S, end - time.monotonic()))
+        if time.monotonic() >= end:
+            return
+
+
 def _interruptible_sleep(seconds: float) -> None:
     """time.sleep in short slices: a host sleep is not interruptible, guest code is."""
     if seconds < 0:
         raise ValueError("sleep length must be non-negative")
-    end = time.monotonic() + seconds
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return
-        _real_sleep(min(left, _SLICE_S))
+    for wait in _slices(seconds):
+        _real_sleep(wait)
 
 
 def _interruptible_select(rlist, wlist, xlist, timeout=None):  # type: ignore[no-untyped-def]
-    """select.select waiting in short slices, as `_interruptible_sleep` does."""
+    """select.select waiting in short slices."""
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be non-negative")
-    end = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = _SLICE_S if end is None else min(_SLICE_S, max(0.0, end - time.monotonic()))
-        ready = _real_select(rlist, wlist, xlist, left)
-        if ready[0] or ready[1] or ready[2] or (end is not None and time.monotonic() >= end):
+    for wait in _slices(timeout):
+        ready = _real_select(rlist, wlist, xlist, wait)
+        if ready[0] or ready[1] or ready[2]:
             return ready
+    return [], [], []
 
 
 class _InterruptiblePoll:
@@ -260,14 +270,13 @@ class _InterruptiblePoll:
         self._poll.unregister(fd)
 
     def poll(self, timeout=None):  # type: ignore[no-untyped-def]
-        if timeout is not None and timeout < 0:
-            timeout = None  # select.poll reads a negative timeout as "wait forever"
-        end = None if timeout is None else time.monotonic() + timeout / 1000
-        while True:
-            left = _SLICE_S if end is None else min(_SLICE_S, max(0.0, end - time.monotonic()))
-            events = self._poll.poll(left * 1000)
-            if events or (end is not None and time.monotonic() >= end):
+        # Milliseconds; select.poll reads a negative timeout as "wait forever".
+        seconds = None if timeout is None or timeout < 0 else timeout / 1000
+        for wait in _slices(seconds):
+            events = self._poll.poll(wait * 1000)
+            if events:
                 return events
+        return []
 
 
 _real_sleep = time.sleep
