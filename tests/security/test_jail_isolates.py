@@ -317,6 +317,22 @@ def test_K1_namespace_and_kernel_syscalls_denied(factory: JailFactory) -> None:
     assert b"rc=0" not in shell.stdout
 
 
+def test_K1_seccomp_kill_of_a_child_left_unreaped_is_reported(factory: JailFactory) -> None:
+    # The program exits 0 at once, leaving the zombie of a child killed by seccomp: the driver
+    # must still find it before answering, however fast the program itself ended.
+    code = (
+        "import ctypes, os, time\n"
+        "if os.fork() == 0:\n"
+        "    ctypes.CDLL(None).syscall(101, 0, 0, 0, 0, 0)\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.3)\n"
+        "print('parent done')\n"
+    )
+    result = py(factory, code)
+    assert result.stdout == b"parent done\n"
+    assert result.status is Status.SECURITY_VIOLATION, result
+
+
 def test_K2_proc_self_fd_shows_only_intended_descriptors(factory: JailFactory) -> None:
     shell = run(factory, Language.SHELL, "ls /proc/self/fd")
     # 3 is the directory `ls` itself opened to list /proc/self/fd.

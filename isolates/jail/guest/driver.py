@@ -60,6 +60,9 @@ PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 WARM = b"w"
 """What the pre-forked child writes on its status pipe once warmed up (before any request)."""
+SINGLE_THREADED = b"1"
+"""What follows a Python program's exit status on the status pipe when the child reports it
+with a single thread left."""
 SIGKILL, SIGCHLD, SIGSYS = _signal.SIGKILL, _signal.SIGCHLD, _signal.SIGSYS
 
 _INFINITY = float("inf")
@@ -312,27 +315,28 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
         _signal.signal(SIGCHLD, _signal.SIG_DFL)
         _warm_up()
         os.write(status_w, WARM)
-        chunks = []
-        while True:
-            chunk = os.read(ctl_r, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        if not chunks:
-            os._exit(0)  # the driver is going away without a request
-        request = marshal.loads(b"".join(chunks))
-        # The status pipe sits at the top of the fd range, out of the way of user code.
+        # Everything that does not depend on the request is set up before it arrives.
+        # The status and request pipes sit at the top of the fd range, out of the way of user
+        # code; RLIMIT_NOFILE bounds every fd.
         status_fd = os.sysconf("SC_OPEN_MAX") - 1
+        request_fd = status_fd - 1
         os.dup2(status_w, status_fd, inheritable=False)
+        os.dup2(ctl_r, request_fd, inheritable=False)
         os.dup2(stdin_fd, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        os.closerange(3, status_fd)  # RLIMIT_NOFILE bounds every fd
+        os.closerange(3, request_fd)
+        os.chdir(WORKSPACE)
+        try:
+            size = int.from_bytes(_read_exact(request_fd, 4), "big")
+            request = marshal.loads(_read_exact(request_fd, size))
+        except EOFError:
+            os._exit(0)  # the driver is going away without a request
+        os.close(request_fd)
         cpu_s = request.get("cpu_s")
         if cpu_s:
             soft = max(1, int(cpu_s + 0.999))
             resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
-        os.chdir(WORKSPACE)
         env: dict[str, str] = request["env"]
         language = request["language"]
         if language == "python":
@@ -344,10 +348,14 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 1)
             os.dup2(null, 2)
+            # Single-threaded now, no other thread of this process can run the code any more
+            # (only this one, the driver's, could start one): the driver may then answer
+            # without waiting for this process's exit (see `_only_the_child_is_left`).
+            alone = len(os.listdir("/proc/self/task")) == 1
             try:
                 # Newline-terminated: the driver acts on it at once instead of waiting for the
                 # pipe's end-of-file, which comes only when this process has fully exited.
-                os.write(status_fd, b"%d\n" % status)
+                os.write(status_fd, b"%d %s\n" % (status, SINGLE_THREADED if alone else b"-"))
                 os.close(status_fd)
             except OSError:
                 pass
@@ -385,6 +393,22 @@ def _cpu_ticks_of_live_processes() -> int:
     return total
 
 
+def _only_the_child_is_left(child_pid: int) -> bool:
+    """Whether the jail holds no process but the driver and the child, once all were killed.
+
+    Called when the child has reported its program's exit status while single-threaded and
+    `_kill_all` has run. The child then runs no more code of the program (it was about to
+    `_exit`, and SIGKILL is pending), and it was not killed by seccomp, which would have ended it
+    before its report. Any other process, alive or a zombie, is listed in /proc until reaped and
+    could have died by seccomp: the driver then reaps everything before it reports. A process
+    forked after `_kill_all` cannot exist: the kernel refuses a fork with SIGKILL pending.
+    """
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (DRIVER_PID, child_pid):
+            return False
+    return True
+
+
 def _kill_all() -> None:
     """SIGKILL every process in the jail but the driver (pid 1 is exempt from kill(-1))."""
     if os.getpid() != 1:
@@ -412,7 +436,8 @@ def _execute(
     os.lseek(child.stdin_fd, 0, os.SEEK_SET)
     os.close(child.stdin_fd)
     to_child = {k: v for k, v in request.items() if k not in ("files", "stdin")}
-    body = memoryview(marshal.dumps(to_child))
+    encoded = marshal.dumps(to_child)
+    body = memoryview(len(encoded).to_bytes(4, "big") + encoded)
     while body:
         body = body[os.write(child.ctl_w, body) :]
     os.close(child.ctl_w)
@@ -430,6 +455,7 @@ def _execute(
     ticks_per_s = os.sysconf("SC_CLK_TCK")
     cpu_limit_ticks = int(request["cpu_s"] * ticks_per_s) if request.get("cpu_s") else 0
     exit_code: int | None = None
+    reported_alone = False
     killed_for = ""
     sigsys = False
     while open_fds or exit_code is None:
@@ -456,9 +482,10 @@ def _execute(
                     continue
                 status_open = False
                 os.close(status_r)
-                code = status_bytes.split(b"\n", 1)[0].strip()
+                code, _, threads = status_bytes.split(b"\n", 1)[0].partition(b" ")
                 if exit_code is None and code.isdigit():
                     exit_code = int(code) & 0xFF
+                    reported_alone = threads == SINGLE_THREADED
                     # The program is over: whatever it left running goes too (setsid daemons
                     # included), which also lets the output pipes reach end-of-file.
                     _kill_all()
@@ -493,9 +520,14 @@ def _execute(
                 killed_for = "cpu"
                 _kill_all()
     # Reap everything before reporting: no process can still touch the workspace while output
-    # files are read, and none is left when the result arrives (SIGKILLed processes can take a
-    # moment to exit). With nothing left to reap this costs one system call.
-    sigsys = _reap_all() or sigsys
+    # files are read, and no process's death by seccomp goes unreported. The one exception is
+    # the common end of a Python program, see `_only_the_child_is_left`: waiting for the
+    # child's exit would add most of a millisecond (its address space is torn down first), and
+    # main() reaps it after the report.
+    fast = (reported_alone and not killed_for and not request["output_paths"]
+            and _only_the_child_is_left(child.pid))
+    if not fast:
+        sigsys = _reap_all() or sigsys
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     files = [_read_output(p, cap) for p in request["output_paths"]]
     return {
