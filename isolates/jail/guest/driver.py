@@ -348,9 +348,9 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 1)
             os.dup2(null, 2)
-            # Single-threaded now, no other thread of this process can run the code any more
-            # (only this one, the driver's, could start one): the driver may then answer
-            # without waiting for this process's exit (see `_only_the_child_is_left`).
+            # If this is the process's last thread, nothing of the program can run any more
+            # (only this thread could start another): the driver may then answer without
+            # waiting for this process's exit (see `_only_the_child_is_left`).
             alone = len(os.listdir("/proc/self/task")) == 1
             try:
                 # Newline-terminated: the driver acts on it at once instead of waiting for the
@@ -402,6 +402,8 @@ def _only_the_child_is_left(child_pid: int) -> bool:
     before its report. Any other process, alive or a zombie, is listed in /proc until reaped and
     could have died by seccomp: the driver then reaps everything before it reports. A process
     forked after `_kill_all` cannot exist: the kernel refuses a fork with SIGKILL pending.
+    The program can write a status line of its own; what that can hide is no more than a
+    program reaping its own children already can (docs/jail.md, seccomp).
     """
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in (DRIVER_PID, child_pid):
