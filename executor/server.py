@@ -107,8 +107,8 @@ class Server:
             self._closers.append(http_server.shutdown)
         for name in ("", *service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("sandboxd serving gRPC on %s:%d (metrics on %s)", s.host, self.port,
-                 self.metrics_port)
+        metrics = f"port {self.metrics_port}" if self.metrics_port is not None else "off"
+        log.info("sandboxd serving gRPC on %s:%d (metrics: %s)", s.host, self.port, metrics)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let running ones finish within `grace`, release everything."""
