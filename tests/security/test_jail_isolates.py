@@ -318,8 +318,8 @@ def test_K1_namespace_and_kernel_syscalls_denied(factory: JailFactory) -> None:
 
 
 def test_K1_seccomp_kill_of_a_child_left_unreaped_is_reported(factory: JailFactory) -> None:
-    # The program exits 0 at once, leaving the zombie of a child killed by seccomp: the driver
-    # must still find it before answering, however fast the program itself ended.
+    # The program ends normally, leaving the zombie of a child killed by seccomp: the driver
+    # must find it before answering, though the program itself reported a clean exit.
     code = (
         "import ctypes, os, time\n"
         "if os.fork() == 0:\n"
