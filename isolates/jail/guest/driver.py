@@ -14,7 +14,8 @@ Start-up cost is paid once per jail on the pool's refill path and is most of a j
 the driver runs as `python3 -I -S` and imports only modules that are built in or small C
 extensions: `_signal` rather than `signal` (which imports `enum`), `marshal` for the request
 and a small JSON writer for the result rather than `json` (which imports `re`), `binascii`
-rather than `base64`. `site` is not run at start-up; the driver adds the site directories to
+rather than `base64`; those the child does not need are imported after the fork (see
+`_import_driver_modules`). `site` is not run at start-up; the driver adds the site directories to
 `sys.path` itself (see `_add_site_dirs`). Everything else a program imports is imported on first
 use in the child, exactly as under a fresh `python3 -c`.
 
@@ -32,23 +33,24 @@ not importable from the host package at run time and must only use the standard 
 
 from __future__ import annotations
 
-import binascii
 import builtins
 import gc
 import marshal
 import os
-import resource
-import select
 import sys
 import time
-from _json import encode_basestring_ascii
-from stat import S_ISLNK, S_ISREG
 
 # `typing` costs more to import than the rest of the driver together: only the checker sees it.
 # `signal` wraps the built-in `_signal` in enums (importing `enum`); the checker reads its stubs.
+# The modules below `signal` are imported by `_import_driver_modules`, after the fork.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import binascii
+    import resource
+    import select
     import signal as _signal
+    from _json import encode_basestring_ascii
+    from stat import S_ISLNK, S_ISREG
     from typing import Any
 else:
     import _signal
@@ -66,6 +68,22 @@ with a single thread left."""
 SIGKILL, SIGCHLD, SIGSYS = _signal.SIGKILL, _signal.SIGCHLD, _signal.SIGSYS
 
 _INFINITY = float("inf")
+
+
+def _import_driver_modules() -> None:
+    """Import the modules only the driver itself uses, while the pre-forked child warms up.
+
+    They are extension modules loaded from disk (binascii, resource, select, _json: 1-2 ms
+    together on the development VM). Imported before the fork, they delayed the child and so
+    READY; imported after it, they overlap the child's warm-up, which the driver waits for
+    anyway. The child imports `resource` itself, and only for a request with a CPU limit.
+    """
+    global binascii, resource, select, encode_basestring_ascii, S_ISLNK, S_ISREG
+    import binascii
+    import resource
+    import select
+    from _json import encode_basestring_ascii
+    from stat import S_ISLNK, S_ISREG
 
 
 def _dumps(value: Any) -> str:
@@ -335,8 +353,10 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
         os.close(request_fd)
         cpu_s = request.get("cpu_s")
         if cpu_s:
+            import resource as child_resource  # forked before the driver imported it
+
             soft = max(1, int(cpu_s + 0.999))
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
+            child_resource.setrlimit(child_resource.RLIMIT_CPU, (soft, soft + 1))
         env: dict[str, str] = request["env"]
         language = request["language"]
         if language == "python":
@@ -656,6 +676,7 @@ def main() -> None:
     # code runs in the child before the request, which comes after READY.
     if _prctl(PR_SET_DUMPABLE, 0) != 0 or _prctl(PR_GET_DUMPABLE, 0) != 0:
         sys.exit("driver.py: prctl(PR_SET_DUMPABLE, 0) failed")
+    _import_driver_modules()
     child.wait_warm()
     _frame(result_fd, {"t": "ready"})
     try:
