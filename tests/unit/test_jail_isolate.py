@@ -46,6 +46,34 @@ def test_python_sys_exit_code(factory: JailFactory) -> None:
     assert "exited with code 3" in result.message
 
 
+def test_python_ending_without_free_descriptors_reports_only_its_own_output(
+    factory: JailFactory,
+) -> None:
+    # The program leaves every descriptor of its RLIMIT_NOFILE open: the driver's own end of
+    # the run must not need one, nor add a line of its own to stderr.
+    code = (
+        "import os\n"
+        "try:\n"
+        "    while True: os.open('/dev/null', os.O_RDONLY)\n"
+        "except OSError as exc:\n"
+        "    print(exc.strerror)\n"
+    )
+    result = run(factory, language=Language.PYTHON, code=code)
+    assert (result.status, result.exit_code) == (Status.OK, 0), result
+    assert (result.stdout, result.stderr) == (b"Too many open files\n", b"")
+
+
+def test_python_thread_left_running_does_not_hold_the_result(factory: JailFactory) -> None:
+    # A second thread alive at the end sends the driver down the path that reaps every process.
+    code = (
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "print('x')\n"
+    )
+    result = run(factory, language=Language.PYTHON, code=code)
+    assert (result.status, result.exit_code, result.stdout) == (Status.OK, 0, b"x\n")
+
+
 def test_python_runs_system_python_as_unprivileged_user(factory: JailFactory) -> None:
     code = "import os, sys; print(sys.executable, os.getuid(), os.getgid(), os.getcwd())"
     result = run(factory, language=Language.PYTHON, code=code)

@@ -364,14 +364,21 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
             os.environ.update(env)
             status = _run_python(request["code"])
             # Close the output pipes before reporting, so the driver sees end-of-file without
-            # waiting for this process's (slow) address-space teardown.
-            null = os.open("/dev/null", os.O_RDWR)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
+            # waiting for this process's (slow) exit. Nothing below needs a new descriptor:
+            # the program may have left none free.
+            for fd in (1, 2):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             # If this is the process's last thread, nothing of the program can run any more
             # (only this thread could start another): the driver may then answer without
-            # waiting for this process's exit (see `_only_the_child_is_left`).
-            alone = len(os.listdir("/proc/self/task")) == 1
+            # waiting for this process's exit (see `_only_the_child_is_left`). /proc counts
+            # a task directory's links as 2 plus its threads.
+            try:
+                alone = os.stat("/proc/self/task").st_nlink == 3
+            except OSError:
+                alone = False
             try:
                 # Newline-terminated: the driver acts on it at once instead of waiting for the
                 # pipe's end-of-file, which comes only when this process has fully exited.
