@@ -234,21 +234,46 @@ def test_a_drained_pool_refills_to_half_at_once_while_its_isolates_still_run() -
         assert pool.wait_warm(10)
 
 
-def test_a_paced_hit_refills_after_a_pause_a_back_to_back_hit_at_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_paced_hit_refills_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_module, "PACED_REFILL_PAUSE_S", 0.5)
+    factory = CountingFactory()
+    with _full_pool(factory, default_target=2, refill_defer_s=30.0) as pool:
+        # The first hit follows no hand-back: the callers count as pausing between calls. It
+        # leaves half the target warm, where the refill no longer waits for a burst to end.
+        isolate, _ = pool.acquire("wasm/counting")
+        handed_back = time.monotonic()
+        pool.discard(isolate)
+        assert _wait_for(lambda: factory.created == 3)
+        assert time.monotonic() - handed_back >= 0.5
+
+
+def test_a_burst_the_pool_covers_refills_when_the_callers_pause(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "PACED_REFILL_PAUSE_S", 0.0)
+    monkeypatch.setattr(pool_module, "PACED_GAP_S", 1.0)
+    factory = CountingFactory()
+    with _full_pool(factory, default_target=8, refill_defer_s=30.0) as pool:
+        # Three calls back to back leave 5 of 8 warm: more than half, no refill yet.
+        for _ in range(3):
+            pool.discard(pool.acquire("wasm/counting")[0])
+        handed_back = time.monotonic()
+        time.sleep(0.5)
+        assert factory.created == 8, "a refill ran under the burst"
+        assert _wait_for(lambda: factory.created == 11)
+        assert time.monotonic() - handed_back >= 1.0
+        assert pool.wait_warm(10)
+
+
+def test_back_to_back_hits_at_half_the_target_refill_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "PACED_REFILL_PAUSE_S", 0.0)
     monkeypatch.setattr(pool_module, "PACED_GAP_S", 5.0)
     factory = CountingFactory()
     with _full_pool(factory, default_target=4, refill_defer_s=30.0) as pool:
-        # The first hit follows no hand-back: the callers count as pausing between calls.
-        isolate, _ = pool.acquire("wasm/counting")
+        # The first call leaves 3 of 4 (the refill waits for a pause); the second, back to
+        # back, 2 of 4, half the target: the refill starts without waiting for a pause.
+        pool.discard(pool.acquire("wasm/counting")[0])
+        pool.discard(pool.acquire("wasm/counting")[0])
         handed_back = time.monotonic()
-        pool.discard(isolate)
-        assert _wait_for(lambda: factory.created == 5)
-        assert time.monotonic() - handed_back >= 0.5
-        # The next hit comes within PACED_GAP_S of that hand-back: no pause.
-        isolate, _ = pool.acquire("wasm/counting")
-        handed_back = time.monotonic()
-        pool.discard(isolate)
-        assert _wait_for(lambda: factory.created == 6)
-        assert time.monotonic() - handed_back < 0.5
+        assert _wait_for(lambda: factory.created >= 5)
+        assert time.monotonic() - handed_back < 2.5
