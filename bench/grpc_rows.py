@@ -2,9 +2,9 @@
 
 The server runs as its own process so its CPU and memory are measured apart from the client's:
 start-up to SERVING, the round trip of a Health check (the floor under every Execute, back to
-back and paced like the warm jail row), Execute of `print(1)` at concurrency 1, 8 and 64,
-JavaScript and jail executions, and the server's resident memory before and after many
-executions.
+back and paced like the warm jail row), Execute of `print(1)` at concurrency 1, 8 and 64 and
+in short bursts after a quiet spell, JavaScript and jail executions, and the server's resident
+memory before and after many executions.
 """
 
 from __future__ import annotations
@@ -83,6 +83,25 @@ def _sequential(target: str, n: int, code: str, language: str, isolate: str,
     return samples
 
 
+def _bursts(target: str, bursts: int, size: int = 4, quiet_s: float = 0.3) -> list[float]:
+    """Latencies of every call but the first in `bursts` bursts of `size` back-to-back calls,
+    each burst after `quiet_s` without calls: what an agent making a few calls in a row sees
+    (the first call of each is a paced call, measured by its own row)."""
+    samples = []
+    with Client(target) as client:
+        for _ in range(bursts):
+            time.sleep(quiet_s)
+            for position in range(size):
+                started = time.perf_counter()
+                execution = client.run_code("print(1)", "python", isolate="wasm")
+                if position:
+                    samples.append(time.perf_counter() - started)
+                if not execution.ok:
+                    raise RuntimeError(f"benchmark execution failed: {execution.status} "
+                                       f"{execution.message} {execution.stderr}")
+    return samples
+
+
 def _health_checks(target: str, n: int, pause_s: float = 0.0) -> list[float]:
     """Latencies of `n` Health checks: the gRPC round trip with no execution behind it."""
     samples = []
@@ -146,6 +165,8 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
                              _health_checks(target, max(20, n // 5), pause_s=0.1)))
         out.append(summarize(GROUP, "Execute print(1) wasm python, c=1",
                              _sequential(target, n, "print(1)", "python", "wasm")))
+        out.append(summarize(GROUP, "Execute print(1) wasm python, calls 2-4 of bursts of 4 "
+                             "after 0.3 s quiet, c=1", _bursts(target, 12 if quick else 40)))
         out.append(summarize(GROUP, "Execute console.log(1) wasm javascript, c=1",
                              _sequential(target, n // 2, "console.log(1)", "javascript",
                                          "wasm")))
