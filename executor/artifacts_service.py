@@ -122,44 +122,39 @@ class ArtifactsService(artifacts_pb2_grpc.ArtifactsServicer):
     async def Commit(
         self, request_iterator: AsyncIterable[pb.CommitRequest], context: grpc.aio.ServicerContext
     ) -> pb.CommitResponse:
-        """Spool the streamed files, then commit them in one store call.
+        """Spool the streamed files, then commit them in one store call."""
+        try:
+            commit_id = await self._spool_and_commit(request_iterator)
+        except ArtifactsError as e:
+            await _abort(context, e)
+        return pb.CommitResponse(commit_id=commit_id)
 
-        The spool is removed before the call is answered, refused or not: aborting a call sends
-        its status at once, and a caller that saw the error could otherwise still find the
-        upload's files on disk.
+    async def _spool_and_commit(self, requests: AsyncIterable[pb.CommitRequest]) -> str:
+        """The commit's id; the spool is gone by the time it returns or raises.
+
+        Removed before the call is answered, refused or not: aborting a call sends its status
+        at once, and a caller that saw the error could otherwise still find the upload's files.
         """
         spool = Path(tempfile.mkdtemp(prefix="upload-", dir=self.store.tmp_dir))
         try:
-            commit_id = await self._spool_and_commit(request_iterator, spool)
-        except ArtifactsError as e:
-            error: ArtifactsError | None = e
-        else:
-            error = None
+            header, files = await self._spool(requests, spool)
+            author = Author(
+                name=header.author.name or "sandboxd",
+                email=header.author.email or "sandboxd@localhost",
+            )
+            return await asyncio.to_thread(
+                self.store.commit,
+                header.repo,
+                files,
+                header.message,
+                branch=header.branch or "main",
+                author=author,
+                parents=list(header.parents) or None,
+                replace=header.replace,
+                delete=list(header.delete_paths),
+            )
         finally:
             await asyncio.to_thread(shutil.rmtree, spool, True)
-        if error is not None:
-            await _abort(context, error)
-        return pb.CommitResponse(commit_id=commit_id)
-
-    async def _spool_and_commit(
-        self, requests: AsyncIterable[pb.CommitRequest], spool: Path
-    ) -> str:
-        header, files = await self._spool(requests, spool)
-        author = Author(
-            name=header.author.name or "sandboxd",
-            email=header.author.email or "sandboxd@localhost",
-        )
-        return await asyncio.to_thread(
-            self.store.commit,
-            header.repo,
-            files,
-            header.message,
-            branch=header.branch or "main",
-            author=author,
-            parents=list(header.parents) or None,
-            replace=header.replace,
-            delete=list(header.delete_paths),
-        )
 
     async def _spool(
         self, requests: AsyncIterable[pb.CommitRequest], spool: Path

@@ -30,17 +30,7 @@ from executor.runner import ExecutionOutcome, ExecutionRunner
 from executor.validation import ValidatedExecute, ValidationFailed, validate_execute
 from executor.wire import MalformedRequest, decode
 from executor.workers import ExecutionWorkers
-from isolates.base import (
-    CancelToken,
-    ExecutionResult,
-    InvalidRequest,
-    IsolateKind,
-    Limits,
-    OutputSink,
-    Status,
-    Timings,
-    seconds_text,
-)
+from isolates.base import CancelToken, InvalidRequest, IsolateKind, Limits, OutputSink
 from sandboxd.v1 import executor_pb2 as pb
 from scheduler.placement import PlacementError
 
@@ -236,22 +226,9 @@ class ExecutorService:
     ) -> ExecutionOutcome:
         """Leave a blocked execution's thread behind and make its TIMEOUT outcome."""
         abandoned = self._workers.abandon(worker)
-        request = validated.request
         log.warning("execution %s is blocked in a host call past its wall-time limit; its "
-                    "thread is abandoned (%d now)", request.execution_id, abandoned)
-        kind, runtime = self._runner.place(validated)
-        elapsed_us = int((time.perf_counter() - arrival) * 1e6)
-        queued_us = int(queued_s * 1e6)
-        result = ExecutionResult(
-            status=Status.TIMEOUT,
-            exit_code=124,
-            message=(f"wall-time limit of {seconds_text(request.limits.timeout_s)} s reached; "
-                     "the program was blocked in a system call the limit cannot interrupt, "
-                     "and its isolate was left to end on its own"),
-            run_us=elapsed_us - queued_us,
-        )
-        timings = Timings(queued_us=queued_us, run_us=result.run_us, total_us=elapsed_us)
-        return ExecutionOutcome(result, kind, runtime, False, timings)
+                    "thread is abandoned (%d now)", validated.request.execution_id, abandoned)
+        return self._runner.abandoned(validated, arrival=arrival, queued_us=int(queued_s * 1e6))
 
     async def _cap_by_deadline(
         self, validated: ValidatedExecute, context: grpc.aio.ServicerContext

@@ -26,6 +26,7 @@ from isolates.base import (
     OutputSink,
     Status,
     Timings,
+    seconds_text,
 )
 from isolates.pool import WarmPool
 from scheduler.placement import choose_runtime
@@ -128,6 +129,27 @@ class ExecutionRunner:
                 self._discard(isolate, facet_dir is not None)
         timings = Timings(queued_us=queued_us, acquire_us=acquire_us, run_us=result.run_us)
         return self._finish(validated, result, kind, runtime, hit, timings, arrival)
+
+    def abandoned(
+        self, validated: ValidatedExecute, *, arrival: float, queued_us: int
+    ) -> ExecutionOutcome:
+        """The TIMEOUT outcome of an execution left blocked in a host call past its limit.
+
+        Its isolate is destroyed by the worker thread left behind, whenever that call returns.
+        """
+        request = validated.request
+        kind, runtime = self.place(validated)
+        run_us = _us(time.perf_counter() - arrival) - queued_us
+        result = ExecutionResult(
+            status=Status.TIMEOUT,
+            exit_code=124,
+            message=(f"wall-time limit of {seconds_text(request.limits.timeout_s)} s reached; "
+                     "the program was blocked in a system call the limit cannot interrupt, "
+                     "and its isolate was left to end on its own"),
+            run_us=run_us,
+        )
+        timings = Timings(queued_us=queued_us, run_us=run_us)
+        return self._finish(validated, result, kind, runtime, False, timings, arrival)
 
     def _discard(self, isolate: Isolate, holds_facet: bool) -> None:
         # An isolate that mounts a facet is destroyed before the grant is released, so the

@@ -249,7 +249,6 @@ def test_a_paced_hit_refills_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_a_burst_the_pool_covers_refills_when_the_callers_pause(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "PACED_REFILL_PAUSE_S", 0.0)
     monkeypatch.setattr(pool_module, "PACED_GAP_S", 1.0)
     factory = CountingFactory()
     with _full_pool(factory, default_target=8, refill_defer_s=30.0) as pool:
@@ -266,7 +265,6 @@ def test_a_burst_the_pool_covers_refills_when_the_callers_pause(
 
 def test_back_to_back_hits_at_half_the_target_refill_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "PACED_REFILL_PAUSE_S", 0.0)
     monkeypatch.setattr(pool_module, "PACED_GAP_S", 5.0)
     factory = CountingFactory()
     with _full_pool(factory, default_target=4, refill_defer_s=30.0) as pool:

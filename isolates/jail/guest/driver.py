@@ -116,9 +116,21 @@ def _frame(fd: int, message: dict[str, Any]) -> None:
         # A fork of user code that fell through must never speak for the driver.
         os._exit(0)
     body = _dumps(message).encode("ascii")
-    view = memoryview(len(body).to_bytes(4, "big") + body)
+    _write_all(fd, len(body).to_bytes(4, "big") + body)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd` (blocking)."""
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _read_request(fd: int) -> dict[str, Any]:
+    """Read one length-prefixed `marshal` frame from `fd`; EOFError if it ends first."""
+    size = int.from_bytes(_read_exact(fd, 4), "big")
+    request: dict[str, Any] = marshal.loads(_read_exact(fd, size))
+    return request
 
 
 def _read_exact(fd: int, size: int) -> bytes:
@@ -157,9 +169,7 @@ def _write_inputs(files: list[dict[str, Any]]) -> str:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             fd = os.open(parts[-1], flags, item["mode"] & 0o777, dir_fd=dir_fd)
             try:
-                data = memoryview(item["content"])
-                while data:
-                    data = data[os.write(fd, data) :]
+                _write_all(fd, item["content"])
                 os.fchmod(fd, item["mode"] & 0o777)
             finally:
                 os.close(fd)
@@ -346,17 +356,16 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
         os.closerange(3, request_fd)
         os.chdir(WORKSPACE)
         try:
-            size = int.from_bytes(_read_exact(request_fd, 4), "big")
-            request = marshal.loads(_read_exact(request_fd, size))
+            request = _read_request(request_fd)
         except EOFError:
             os._exit(0)  # the driver is going away without a request
         os.close(request_fd)
         cpu_s = request.get("cpu_s")
         if cpu_s:
-            import resource as child_resource  # forked before the driver imported it
+            import resource  # forked before the driver imported it
 
             soft = max(1, int(cpu_s + 0.999))
-            child_resource.setrlimit(child_resource.RLIMIT_CPU, (soft, soft + 1))
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
         env: dict[str, str] = request["env"]
         language = request["language"]
         if language == "python":
@@ -459,16 +468,12 @@ def _execute(
         return {"setup_error": error}
     cap: int = request["output_bytes"]
     stream: bool = request.get("stream", False)
-    stdin_data = memoryview(request["stdin"])
-    while stdin_data:
-        stdin_data = stdin_data[os.write(child.stdin_fd, stdin_data) :]
+    _write_all(child.stdin_fd, request["stdin"])
     os.lseek(child.stdin_fd, 0, os.SEEK_SET)
     os.close(child.stdin_fd)
     to_child = {k: v for k, v in request.items() if k not in ("files", "stdin")}
     encoded = marshal.dumps(to_child)
-    body = memoryview(len(encoded).to_bytes(4, "big") + encoded)
-    while body:
-        body = body[os.write(child.ctl_w, body) :]
+    _write_all(child.ctl_w, len(encoded).to_bytes(4, "big") + encoded)
     os.close(child.ctl_w)
     out_r, err_r, status_r = child.out_r, child.err_r, child.status_r
     for fd in (out_r, err_r, status_r):
@@ -687,8 +692,7 @@ def main() -> None:
     child.wait_warm()
     _frame(result_fd, {"t": "ready"})
     try:
-        size = int.from_bytes(_read_exact(request_fd, 4), "big")
-        request = marshal.loads(_read_exact(request_fd, size))
+        request = _read_request(request_fd)
     except EOFError:
         return
     report = _execute(request, child, result_fd, wake_r)
