@@ -139,7 +139,6 @@ def memory_per_warm_jail(factory: JailFactory, n: int = 10) -> Row:
         "n": n,
         "mb": statistics.median(pss),
         "cgroup_mb": statistics.median(charged),
-        "p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "ops_per_s": 0.0,
     }
 
 
@@ -162,9 +161,8 @@ def python_baseline(n: int = 50) -> Row:
 def bwrap_baseline(n: int = 50) -> Row:
     """The same under bubblewrap with every namespace unshared (Debian package bubblewrap)."""
     if shutil.which("bwrap") is None:
-        return {"group": "baseline", "name": "bwrap python3 -c 'print(1)'", "n": 0,
-                "p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "ops_per_s": 0.0,
-                "errors": 1, "note": "bwrap not installed (apt-get install bubblewrap)"}
+        return {"group": "baseline", "name": "bwrap python3 -c 'print(1)'", "n": 0, "errors": 1,
+                "note": "bwrap not installed (apt-get install bubblewrap)"}
     return summarize("baseline", "bwrap --unshare-all python3 -c 'print(1)'",
                      _time_command(BWRAP_ARGS, n), baseline=PYTHON_BASELINE)
 

@@ -69,23 +69,24 @@ def pool_hit(factory: Factory, n: int = 200) -> Row:
     finally:
         for isolate in isolates:
             isolate.destroy()
-    return summarize(GROUP, f"wasm {factory.runtime} pool hit: run print(1)", samples)
+    return summarize(GROUP, f"wasm {factory.runtime} pool hit: run {request.code}", samples)
 
 
 def fresh_isolate(factory: Factory, n: int = 100) -> Row:
-    """create + run with no pool (destroy is off the request path and not timed)."""
+    """create + run with no pool, as on a pool miss (destroy is off the request path and not
+    timed)."""
     request = REQUESTS[factory.runtime]
     samples: list[float] = []
     for _ in range(n):
         started = time.perf_counter()
-        isolate = factory.create()
+        isolate = factory.create_for_immediate_use()
         result = isolate.run(request)
         samples.append(time.perf_counter() - started)
         isolate.destroy()
         _check(result.stdout)
     return summarize(
         GROUP,
-        f"wasm {factory.runtime} fresh isolate: create + run print(1)",
+        f"wasm {factory.runtime} fresh isolate: create + run {request.code}",
         samples,
         baseline=PEER_BASELINE if factory.runtime == "python" else None,
     )
@@ -158,10 +159,6 @@ def memory_per_python_isolate(factory: PythonFactory, n: int = 50) -> Row:
         "name": "wasm python memory per pre-instantiated isolate (private)",
         "n": n,
         "mb": (after - before) / n / 1e6,
-        "p50_ms": 0.0,
-        "p90_ms": 0.0,
-        "p99_ms": 0.0,
-        "ops_per_s": 0.0,
     }
 
 

@@ -6,6 +6,8 @@ as globals (as `qjs --std` does, with `getenv`/`getenviron` answering from the r
 environment), `process`, tracked `setTimeout`/`clearTimeout`, a host-seeded `Math.random`, and
 the working directory at /workspace (the scratch directory). So create() is a Store, a WASI
 context and an instantiation whose memory is mapped copy-on-write; nothing runs in the guest.
+A pooled isolate also gets the memory pages a run writes copied up front (prefault.py), so a
+pool hit does not pay those copy-on-write faults.
 
 run() hands the request over as the bytes the guest reads on CONTROL_FD (a descriptor the host
 serves itself, `CoreContext.control`), then calls `JS_Eval(ctx, "__sandboxd_main()")` and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import secrets
 import threading
 import time
@@ -46,6 +49,7 @@ from isolates.base import (
     Isolate,
     IsolateFactory,
     IsolateKind,
+    Language,
     Limits,
     OutputSink,
     Status,
@@ -62,6 +66,7 @@ from isolates.wasm.common import (
 )
 from isolates.wasm.engine import Watch, get_engine, new_store, running, set_store_limits
 from isolates.wasm.output import OutputCapture
+from isolates.wasm.prefault import PageRanges, learn_written_pages, prefault, private_pages
 from isolates.wasm.quickjs_snapshot import (
     CONTEXT,
     CONTROL_FD,
@@ -81,6 +86,12 @@ from isolates.wasm.wasi_core import (
 )
 
 __all__ = ["JavaScriptFactory", "JavaScriptIsolate"]
+
+log = logging.getLogger(__name__)
+
+_SAMPLE = ExecutionRequest(execution_id="prefault-sample", language=Language.JAVASCRIPT,
+                           code="console.log(1)")
+"""The run whose written pages pooled isolates get copied up front."""
 
 
 def _request_payload(request: ExecutionRequest, seed: list[int]) -> bytes:
@@ -189,13 +200,41 @@ class JavaScriptFactory(IsolateFactory):
         self.scratch_root = instance_scratch_root(self.data_dir)
         self._entry_lock = threading.Lock()
         self._entry: _Entry | None = None
+        self._written_lock = threading.Lock()
+        self._written: PageRanges | None = None
 
     def create(self, *, facet_dir: Path | None = None) -> JavaScriptIsolate:
-        """Create one JavaScript isolate (blocking, a fraction of a millisecond)."""
-        if facet_dir is not None:
-            # The snapshot's preopen table knows /workspace only.
-            raise InvalidRequest("facet", "javascript isolates cannot open a facet")
-        return JavaScriptIsolate(self)
+        """Create one JavaScript isolate for the pool (blocking, under a millisecond).
+
+        The memory pages a run writes are copied now rather than on the first run.
+        """
+        _refuse_facet(facet_dir)
+        return JavaScriptIsolate(self, self.written_pages())
+
+    def create_for_immediate_use(self, *, facet_dir: Path | None = None) -> JavaScriptIsolate:
+        """Create one JavaScript isolate that runs at once (its run makes its own copies)."""
+        _refuse_facet(facet_dir)
+        return JavaScriptIsolate(self, ())
+
+    def written_pages(self) -> PageRanges:
+        """The memory pages a sample run writes, learned from one isolate on first use.
+
+        Empty where /proc/self/pagemap cannot be read.
+        """
+        with self._written_lock:
+            if self._written is None:
+                sample = JavaScriptIsolate(self, ())
+                try:
+                    store = sample.store
+                    before = private_pages(sample.memory, store)
+                    sample.run(_SAMPLE)
+                    self._written = learn_written_pages(sample.memory, store, before)
+                except OSError as exc:
+                    log.info("JavaScript isolates are pooled without pre-copied pages: %s", exc)
+                    self._written = ()
+                finally:
+                    sample.destroy()
+            return self._written
 
     def entry(self, exports: Any, store: wasmtime.Store) -> _Entry:
         """The snapshot's addresses, read from the first instance (which checks export types)."""
@@ -211,13 +250,20 @@ class JavaScriptFactory(IsolateFactory):
             return self._entry
 
 
+def _refuse_facet(facet_dir: Path | None) -> None:
+    if facet_dir is not None:
+        # The snapshot's preopen table knows /workspace only.
+        raise InvalidRequest("facet", "javascript isolates cannot open a facet")
+
+
 class JavaScriptIsolate(Isolate):
     """One instance of the QuickJS snapshot in its own Store; single use."""
 
     kind = IsolateKind.WASM
     runtime = "javascript"
 
-    def __init__(self, factory: JavaScriptFactory) -> None:
+    def __init__(self, factory: JavaScriptFactory, written: PageRanges) -> None:
+        """Instantiate the snapshot; copy the `written` pages of its memory now."""
         self._lock = threading.Lock()
         self._used = False
         self._scratch: ScratchDir | None = ScratchDir(factory.scratch_root)
@@ -231,6 +277,9 @@ class JavaScriptIsolate(Isolate):
             instance = factory.linker.instantiate(store, factory.module)
             bind_originals(factory.base_linker, store, instance, self._ctx, lazy=True)
             exports = instance.exports(store)
+            self._memory = export_of(exports, "memory", wasmtime.Memory)
+            if written:
+                prefault(self._memory, store, written)
             self._entry = factory.entry(exports, store)
             calls = {name: _IntCall(export_of(exports, name, wasmtime.Func), name)
                      for name in _SIGNATURES}
@@ -240,6 +289,18 @@ class JavaScriptIsolate(Isolate):
         except BaseException:
             self.destroy()
             raise
+
+    @property
+    def store(self) -> wasmtime.Store:
+        """The isolate's Store (RuntimeError once destroyed)."""
+        if self._store is None:
+            raise RuntimeError("the isolate was destroyed")
+        return self._store
+
+    @property
+    def memory(self) -> wasmtime.Memory:
+        """The instance's linear memory."""
+        return self._memory
 
     def run(
         self,

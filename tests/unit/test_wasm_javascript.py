@@ -20,6 +20,7 @@ from isolates.base import (
     Status,
 )
 from isolates.wasm import JavaScriptFactory, ensure_runtimes
+from isolates.wasm.prefault import private_pages, to_ranges
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +239,29 @@ def test_a_trapped_isolate_frees_its_store_at_once(factory: JavaScriptFactory) -
         assert sum(isinstance(o, wasmtime.Store) for o in gc.get_objects()) == before
     finally:
         gc.enable()
+
+
+def test_pooled_isolates_start_with_a_runs_pages_copied_and_unchanged(
+    factory: JavaScriptFactory,
+) -> None:
+    written = factory.written_pages()
+    assert written, "a sample run writes pages, and /proc/self/pagemap shows them"
+    pooled, fresh = factory.create(), factory.create_for_immediate_use()
+    try:
+        copied = private_pages(pooled.memory, pooled.store)
+        assert {page for start, end in written for page in range(start, end)} <= copied
+        assert not private_pages(fresh.memory, fresh.store)
+        size = pooled.memory.data_len(pooled.store)
+        # Copying breaks copy-on-write only: not one byte of the snapshot changes.
+        assert pooled.memory.read(pooled.store, 0, size) == fresh.memory.read(fresh.store, 0, size)
+        request = ExecutionRequest(execution_id="t", language=Language.JAVASCRIPT,
+                                   code="console.log(6 * 7)")
+        assert pooled.run(request).stdout == fresh.run(request).stdout == b"42\n"
+    finally:
+        pooled.destroy()
+        fresh.destroy()
+
+
+def test_page_ranges_merge_neighbours() -> None:
+    assert to_ranges({7, 3, 4, 5, 9, 10}) == ((3, 6), (7, 8), (9, 11))
+    assert to_ranges(set()) == ()
