@@ -19,7 +19,7 @@ from executor import artifacts_service, facets_service
 from executor.config import Settings
 from executor.output_commits import ArtifactOutputs
 from executor.runner import FacetGrants, OutputCommitter
-from isolates.base import IsolateFactory
+from isolates.base import IsolateFactory, Limits
 from isolates.facets import FacetStore
 from isolates.jail import JailFactory, JailSettings, JailUnavailableError, reap_stale_jails
 from isolates.wasm.javascript_runtime import JavaScriptFactory
@@ -105,8 +105,10 @@ def _add_wasm(setup: Setup, settings: Settings, data_dir: Path) -> None:
         log.info("removed %d scratch directories left by stopped servers", removed)
     # Created now with the configured size; the factories below share it.
     instance_scratch_root(data_dir, settings.wasm_scratch_bytes)
-    python = PythonFactory(data_dir)
-    javascript = JavaScriptFactory(data_dir)
+    # Pooled stores start with the default memory limit: a default request changes nothing.
+    limits = Limits(memory_bytes=settings.default_memory_bytes)
+    python = PythonFactory(data_dir, limits=limits)
+    javascript = JavaScriptFactory(data_dir, limits=limits)
     # Raw WASI modules arrive with each request, so that runtime keeps no warm isolates;
     # its compiled modules are cached by content hash instead.
     wasi = WasiFactory(data_dir)

@@ -7,8 +7,8 @@ means the server default, anything above the configured maximum is refused.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from dataclasses import dataclass
 
 from executor.config import Settings
@@ -105,7 +105,8 @@ def validate_execute(message: pb.ExecuteRequest, settings: Settings) -> Validate
         raise ValidationFailed(errors)
 
     request = ExecutionRequest(
-        execution_id=uuid.uuid4().hex,
+        # 128 random bits as 32 hex digits, like a uuid4's hex at a quarter of its cost.
+        execution_id=os.urandom(16).hex(),
         language=language,
         code=message.code,
         module=message.module,

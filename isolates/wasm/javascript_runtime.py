@@ -269,6 +269,7 @@ class JavaScriptIsolate(Isolate):
         self._scratch: ScratchDir | None = ScratchDir(factory.scratch_root)
         try:
             store, watch = new_store(factory.engine, factory.limits.memory_bytes)
+            self._memory_limit = factory.limits.memory_bytes
             self._store: wasmtime.Store | None = store
             self._watch: Watch = watch
             store.set_wasi(wasi_config(self._scratch, None))
@@ -327,7 +328,8 @@ class JavaScriptIsolate(Isolate):
         ctx.capture = capture
         ctx.stdin = request.stdin
         ctx.control = _Payload(_request_payload(request, _random_seed())).read
-        set_store_limits(store, request.limits.memory_bytes)
+        if request.limits.memory_bytes != self._memory_limit:
+            set_store_limits(store, request.limits.memory_bytes)
         watch.deadline = time.monotonic() + request.limits.timeout_s
         if cancel is not None:
             cancel.on_cancel(lambda: setattr(watch, "cancelled", True))

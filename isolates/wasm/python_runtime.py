@@ -119,6 +119,18 @@ def _lower_string_list(_store: wasmtime.Store, values: list[str], slot: Any) -> 
     slot.kind = _LIST
 
 
+def _lift_string(slot: Any) -> str:
+    """The string in a result slot, freed here.
+
+    wasmtime-py's `convert_from_c` builds a ctypes array type for each length; this copies once.
+    """
+    vec = slot.of.string
+    try:
+        return ctypes.string_at(vec.data, vec.size).decode() if vec.size else ""
+    finally:
+        ffi.wasm_byte_vec_delete(ctypes.byref(vec))
+
+
 def _lowerer(ty: Any) -> _Lowerer:
     """A direct lowering for the types `run` takes; wasmtime-py's generic one for the rest.
 
@@ -149,6 +161,11 @@ class _ComponentCall:
         self._func = func
         params, self._result = signature
         self._lowerers = [_lowerer(ty) for ty in params]
+        self._lift: Callable[[Any], Any] | None = (
+            None if self._result is None
+            else _lift_string if isinstance(self._result, wc.String)
+            else self._result.convert_from_c
+        )
 
     @staticmethod
     def signature(func: wc.Func, store: wasmtime.Store) -> _Signature:
@@ -168,7 +185,7 @@ class _ComponentCall:
                 lower(store, value, param_capi[lowered])
                 lowered += 1
             result = ffi.wasmtime_component_val_t()
-            has_result = self._result is not None
+            has_result = self._lift is not None
 
             def call() -> Any:
                 return ffi.wasmtime_component_func_call(
@@ -181,7 +198,7 @@ class _ComponentCall:
                 )
 
             enter_wasm(call)
-            return self._result.convert_from_c(result) if self._result is not None else None
+            return self._lift(result) if self._lift is not None else None
         finally:
             for i in range(lowered):
                 ffi.wasmtime_component_val_delete(ctypes.byref(param_capi[i]))
@@ -258,6 +275,7 @@ class PythonIsolate(Isolate):
         self._scratch: ScratchDir | None = ScratchDir(factory.scratch_root)
         try:
             store, watch = new_store(factory.engine, factory.limits.memory_bytes)
+            self._memory_limit = factory.limits.memory_bytes
             self._store: wasmtime.Store | None = store
             self._watch: Watch = watch
             store.set_wasi(
@@ -302,7 +320,8 @@ class PythonIsolate(Isolate):
             scratch.write_inputs(request.files)
         except (ValueError, OSError) as exc:
             return ExecutionResult(status=Status.ERROR, exit_code=1, message=str(exc))
-        set_store_limits(store, request.limits.memory_bytes)
+        if request.limits.memory_bytes != self._memory_limit:
+            set_store_limits(store, request.limits.memory_bytes)
         ending = self._call(request, capture, cancel)
         files = collect_outputs(scratch, request)
         return ExecutionResult(

@@ -31,7 +31,6 @@ import secrets
 import shutil
 import stat
 import threading
-import uuid
 from pathlib import Path
 
 from isolates.base import InputFile, OutputFile, validate_relative_path
@@ -149,7 +148,7 @@ class ScratchDir:
     """One scratch directory on the host."""
 
     def __init__(self, parent: Path) -> None:
-        name = os.path.join(parent, uuid.uuid4().hex)
+        name = os.path.join(parent, os.urandom(16).hex())
         try:
             os.mkdir(name, 0o700)
         except FileNotFoundError:
