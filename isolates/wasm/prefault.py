@@ -75,8 +75,8 @@ def learn_written_pages(
     return to_ranges(private_pages(memory, store) - before)
 
 
-def prefault(memory: wasmtime.Memory, store: wasmtime.Store, ranges: PageRanges) -> bool:
-    """Make `ranges` of `memory` private copies now; False if the kernel refused."""
+def prefault(memory: wasmtime.Memory, store: wasmtime.Store, ranges: PageRanges) -> None:
+    """Make `ranges` of `memory` private copies now (where the kernel can; else on first use)."""
     base, size = _span(memory, store)
     last = size // PAGE
     for start, end in ranges:
@@ -85,5 +85,4 @@ def prefault(memory: wasmtime.Memory, store: wasmtime.Store, ranges: PageRanges)
             continue
         if _libc.madvise(base + start * PAGE, (end - start) * PAGE, _MADV_POPULATE_WRITE):
             log.debug("MADV_POPULATE_WRITE refused: %s", os.strerror(ctypes.get_errno()))
-            return False
-    return True
+            return
