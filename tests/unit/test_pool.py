@@ -275,3 +275,23 @@ def test_back_to_back_hits_at_half_the_target_refill_at_once(
         handed_back = time.monotonic()
         assert _wait_for(lambda: factory.created >= 5)
         assert time.monotonic() - handed_back < 2.5
+
+
+def test_a_paced_hit_is_torn_down_after_a_pause_and_back_to_back_ones_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "PACED_REFILL_PAUSE_S", 0.5)
+    monkeypatch.setattr(pool_module, "PACED_GAP_S", 5.0)
+    factory = CountingFactory()
+    with _full_pool(factory, default_target=4, refill_defer_s=30.0) as pool:
+        # The first hit follows no hand-back: the callers count as pausing between calls.
+        paced, _ = pool.acquire("wasm/counting")
+        pool.discard(paced)
+        handed_back = time.monotonic()
+        assert _wait_for(lambda: factory.destroyed == 1)
+        assert time.monotonic() - handed_back >= 0.5
+        # A hit right after that hand-back is back to back: its teardown does not wait.
+        back_to_back, _ = pool.acquire("wasm/counting")
+        pool.discard(back_to_back)
+        handed_back = time.monotonic()
+        assert _wait_for(lambda: factory.destroyed == 2)
+        assert time.monotonic() - handed_back < 0.25
