@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 __all__ = ["Metrics"]
 
@@ -25,6 +33,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The process's CPU, memory and descriptors, and its garbage collector's passes.
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         self.executions = Counter(
             "sandboxd_executions_total", "Executions finished, by status and runtime.",
             ["status", "kind", "runtime"], registry=r,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
+from sandboxd import Client
 from tests.conftest import private_data_dir
 
 
@@ -134,3 +137,37 @@ def test_serve_rejects_a_bad_environment_setting_by_name(tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert "pool_jail:" in done.stderr and "Traceback" not in done.stderr
+
+
+def _gc_passes(metrics_port: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    match = re.search(r'^python_gc_collections_total\{generation="0"\} (\S+)$', text, re.M)
+    assert match, "the metrics lack the collector's passes"
+    assert re.search(r"^process_resident_memory_bytes \S+$", text, re.M)
+    return float(match.group(1))
+
+
+def test_serve_turns_the_garbage_collector_back_on_after_start_up(data_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    own = private_data_dir(data_dir, tmp_path)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sandboxd.cli", "serve", "--port", "0", "--metrics-port", "0",
+         "--git-port", "-1", "--no-jail", "--data-dir", str(own), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        found = re.search(r"serving on \S+:(\d+), metrics on :(\d+)", line)
+        assert found, line
+        port, metrics_port = found.groups()
+        before = _gc_passes(metrics_port)
+        # Executions allocate: a collector left off (start-up turns it off) would never run.
+        with Client(f"127.0.0.1:{port}") as client:
+            # About one pass of the youngest generation per 150 executions.
+            for _ in range(1000):
+                assert client.run_code("print(1)").stdout == "1\n"
+        assert _gc_passes(metrics_port) > before
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
