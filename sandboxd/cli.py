@@ -36,8 +36,9 @@ EXIT_TIMEOUT = 124
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     # Importing the client (grpc, pydantic) or the server allocates hundreds of thousands of
-    # long-lived objects, and the collector's passes over them cost a `sandboxd run` about
-    # 40 ms of its 0.45 s. Each command turns it back on once its imports are done.
+    # long-lived objects. The collector's passes over them, and its last one at exit, cost a
+    # `sandboxd run -c 'print(1)'` 150-250 ms of 0.65-0.78 s. Each command turns it back on
+    # once its imports are done, with what they built frozen.
     gc.disable()
     parser = _parser()
     args = parser.parse_args(argv)
