@@ -65,6 +65,17 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _timed_run(client: Client, code: str, language: str, isolate: str) -> float:
+    """Seconds one Execute took; an execution that did not succeed fails the benchmark."""
+    started = time.perf_counter()
+    execution = client.run_code(code, language, isolate=isolate)
+    elapsed = time.perf_counter() - started
+    if not execution.ok:
+        raise RuntimeError(f"benchmark execution failed: {execution.status} "
+                           f"{execution.message} {execution.stderr}")
+    return elapsed
+
+
 def _sequential(target: str, n: int, code: str, language: str, isolate: str,
                 pause_s: float = 0.0) -> list[float]:
     """Latencies of `n` calls one after another, with `pause_s` between them (untimed)."""
@@ -74,12 +85,7 @@ def _sequential(target: str, n: int, code: str, language: str, isolate: str,
             client.run_code(code, language, isolate=isolate)
         for _ in range(n):
             time.sleep(pause_s)
-            started = time.perf_counter()
-            execution = client.run_code(code, language, isolate=isolate)
-            samples.append(time.perf_counter() - started)
-            if not execution.ok:
-                raise RuntimeError(f"benchmark execution failed: {execution.status} "
-                                   f"{execution.message} {execution.stderr}")
+            samples.append(_timed_run(client, code, language, isolate))
     return samples
 
 
@@ -91,14 +97,8 @@ def _bursts(target: str, bursts: int, size: int = 4, quiet_s: float = 0.3) -> li
     with Client(target) as client:
         for _ in range(bursts):
             time.sleep(quiet_s)
-            for position in range(size):
-                started = time.perf_counter()
-                execution = client.run_code("print(1)", "python", isolate="wasm")
-                if position:
-                    samples.append(time.perf_counter() - started)
-                if not execution.ok:
-                    raise RuntimeError(f"benchmark execution failed: {execution.status} "
-                                       f"{execution.message} {execution.stderr}")
+            calls = [_timed_run(client, "print(1)", "python", "wasm") for _ in range(size)]
+            samples += calls[1:]
     return samples
 
 

@@ -180,17 +180,18 @@ class _RuntimePool:
         self._observer.size_changed(self.key, size)
         return slot.isolate
 
-    def returned(self) -> bool:
+    def returned(self) -> float:
         """An isolate handed out by `take()` finished its execution: refill may start.
 
-        Returns whether callers pause between calls (the hit came after a pause).
+        Returns the time.monotonic() before which the used isolate is not torn down: when
+        callers pause between calls, the teardown waits as the refill does.
         """
         with self._cond:
             self._lent = max(0, self._lent - 1)
             self._returned_at = time.monotonic()
             if self._lent == 0:
                 self._cond.notify_all()
-            return self._paced
+            return self._returned_at + PACED_REFILL_PAUSE_S if self._paced else 0.0
 
     def size(self) -> int:
         with self._cond:
@@ -395,8 +396,7 @@ class WarmPool:
         """Hand back a used isolate; it is destroyed in the background (never reused)."""
         with self._lent_lock:
             pool = self._lent.pop(id(isolate), None)
-        paced = pool.returned() if pool is not None else False
-        self._disposer.put(isolate, time.monotonic() + PACED_REFILL_PAUSE_S if paced else 0.0)
+        self._disposer.put(isolate, pool.returned() if pool is not None else 0.0)
 
     def wait_discarded(self) -> None:
         """Block until every discarded isolate has been destroyed (shutdown and tests)."""

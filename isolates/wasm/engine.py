@@ -140,7 +140,7 @@ _active_lock = threading.Lock()
 
 @dataclass
 class Watch:
-    """What the epoch callback checks for one store."""
+    """What the host keeps for one store: what the epoch callback checks, and its limit."""
 
     deadline: float = float("inf")
     """time.monotonic() after which the guest is stopped."""
@@ -149,6 +149,8 @@ class Watch:
     """Why the guest was stopped: "timeout", "cancelled", or a host-set reason."""
     stop_now: bool = False
     """Set by host code (e.g. an output cap) to stop the guest at the next tick."""
+    memory_bytes: int = 0
+    """The store's memory limit now (see `limit_memory`)."""
     _id: int = field(default=0, repr=False)
 
 
@@ -207,7 +209,7 @@ def new_store(engine: wasmtime.Engine, memory_bytes: int) -> tuple[wasmtime.Stor
     """
     store = wasmtime.Store(engine)
     set_store_limits(store, memory_bytes)
-    watch = Watch()
+    watch = Watch(memory_bytes=memory_bytes)
     watch._id = next(_ids)
     _watches[watch._id] = watch
     ffi.wasmtime_store_epoch_deadline_callback(
@@ -224,6 +226,17 @@ def set_store_limits(store: wasmtime.Store, memory_bytes: int) -> None:
     """
     store.set_limits(memory_size=memory_bytes, table_elements=TABLE_ELEMENTS,
                      instances=INSTANCES, tables=TABLES, memories=MEMORIES)
+
+
+def limit_memory(store: wasmtime.Store, watch: Watch, memory_bytes: int) -> None:
+    """Give `store` (watched by `watch`) a run's memory limit.
+
+    A pooled store was created with the server's default limit, which most runs ask for: they
+    then cost no call into wasmtime.
+    """
+    if memory_bytes != watch.memory_bytes:
+        set_store_limits(store, memory_bytes)
+        watch.memory_bytes = memory_bytes
 
 
 class running:

@@ -64,7 +64,7 @@ from isolates.wasm.common import (
     memory_message,
     wasi_config,
 )
-from isolates.wasm.engine import Watch, get_engine, new_store, running, set_store_limits
+from isolates.wasm.engine import Watch, get_engine, limit_memory, new_store, running
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.prefault import PageRanges, learn_written_pages, prefault, private_pages
 from isolates.wasm.quickjs_snapshot import (
@@ -269,7 +269,6 @@ class JavaScriptIsolate(Isolate):
         self._scratch: ScratchDir | None = ScratchDir(factory.scratch_root)
         try:
             store, watch = new_store(factory.engine, factory.limits.memory_bytes)
-            self._memory_limit = factory.limits.memory_bytes
             self._store: wasmtime.Store | None = store
             self._watch: Watch = watch
             store.set_wasi(wasi_config(self._scratch, None))
@@ -328,8 +327,7 @@ class JavaScriptIsolate(Isolate):
         ctx.capture = capture
         ctx.stdin = request.stdin
         ctx.control = _Payload(_request_payload(request, _random_seed())).read
-        if request.limits.memory_bytes != self._memory_limit:
-            set_store_limits(store, request.limits.memory_bytes)
+        limit_memory(store, self._watch, request.limits.memory_bytes)
         watch.deadline = time.monotonic() + request.limits.timeout_s
         if cancel is not None:
             cancel.on_cancel(lambda: setattr(watch, "cancelled", True))

@@ -19,7 +19,7 @@ import ctypes
 import logging
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import wasmtime
 
@@ -57,7 +57,7 @@ def private_pages(memory: wasmtime.Memory, store: wasmtime.Store) -> set[int]:
     }
 
 
-def to_ranges(pages: Sequence[int] | set[int]) -> PageRanges:
+def to_ranges(pages: Iterable[int]) -> PageRanges:
     """Sorted, merged half-open ranges covering `pages`."""
     ranges: list[list[int]] = []
     for page in sorted(pages):

@@ -50,7 +50,7 @@ from isolates.wasm.common import (
     memory_message,
     wasi_config,
 )
-from isolates.wasm.engine import Watch, get_engine, new_store, running, set_store_limits
+from isolates.wasm.engine import Watch, get_engine, limit_memory, new_store, running
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir, instance_scratch_root
 
@@ -159,12 +159,12 @@ class _ComponentCall:
 
     def __init__(self, func: wc.Func, signature: _Signature) -> None:
         self._func = func
-        params, self._result = signature
+        params, result = signature
         self._lowerers = [_lowerer(ty) for ty in params]
         self._lift: Callable[[Any], Any] | None = (
-            None if self._result is None
-            else _lift_string if isinstance(self._result, wc.String)
-            else self._result.convert_from_c
+            None if result is None
+            else _lift_string if isinstance(result, wc.String)
+            else result.convert_from_c
         )
 
     @staticmethod
@@ -275,7 +275,6 @@ class PythonIsolate(Isolate):
         self._scratch: ScratchDir | None = ScratchDir(factory.scratch_root)
         try:
             store, watch = new_store(factory.engine, factory.limits.memory_bytes)
-            self._memory_limit = factory.limits.memory_bytes
             self._store: wasmtime.Store | None = store
             self._watch: Watch = watch
             store.set_wasi(
@@ -320,8 +319,7 @@ class PythonIsolate(Isolate):
             scratch.write_inputs(request.files)
         except (ValueError, OSError) as exc:
             return ExecutionResult(status=Status.ERROR, exit_code=1, message=str(exc))
-        if request.limits.memory_bytes != self._memory_limit:
-            set_store_limits(store, request.limits.memory_bytes)
+        limit_memory(store, self._watch, request.limits.memory_bytes)
         ending = self._call(request, capture, cancel)
         files = collect_outputs(scratch, request)
         return ExecutionResult(

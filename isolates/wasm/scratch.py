@@ -148,7 +148,7 @@ class ScratchDir:
     """One scratch directory on the host."""
 
     def __init__(self, parent: Path) -> None:
-        name = os.path.join(parent, os.urandom(16).hex())
+        name = os.path.join(parent, secrets.token_hex(16))
         try:
             os.mkdir(name, 0o700)
         except FileNotFoundError:

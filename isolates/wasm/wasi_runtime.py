@@ -51,7 +51,7 @@ from isolates.wasm.common import (
     memory_message,
     wasi_config,
 )
-from isolates.wasm.engine import Watch, get_engine, new_store, running, set_store_limits
+from isolates.wasm.engine import Watch, get_engine, limit_memory, new_store, running
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir, instance_scratch_root
 from isolates.wasm.wasi_core import (
@@ -357,7 +357,7 @@ class WasiIsolate(Isolate):
     ) -> Ending:
         store, scratch = self._store, self._scratch
         assert store is not None and scratch is not None
-        set_store_limits(store, request.limits.memory_bytes)
+        limit_memory(store, self._watch, request.limits.memory_bytes)
         config = wasi_config(scratch, self._facet_dir)
         # C and Rust programs open relative paths against the "." preopen.
         config.preopen_dir(str(scratch.path), ".")
