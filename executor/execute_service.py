@@ -167,6 +167,45 @@ class ExecutorService:
                 "limits cannot interrupt; this server needs a restart",
             )
         cancel = CancelToken()
+        self._metrics.running.inc()
+        try:
+            # A warm jail's run waits on pipes: awaited here, it spares the hand-offs to a
+            # worker thread and back (about 0.5 ms of a call after an idle pause).
+            try:
+                outcome = await self._runner.run_on_loop(
+                    validated, arrival=arrival, queued_us=int(queued_s * 1e6),
+                    on_output=on_output, cancel=cancel,
+                )
+            except asyncio.CancelledError:
+                self._observe(self._runner.cancelled_on_loop(
+                    validated, arrival=arrival, queued_us=int(queued_s * 1e6)))
+                raise
+            if outcome is None:
+                outcome = await self._await_worker(validated, arrival, queued_s, on_output,
+                                                   cancel)
+        except InvalidRequest as exc:
+            await abort_invalid(context, [(exc.field, str(exc))])
+        except Exception:
+            log.exception("execution %s failed inside sandboxd", validated.request.execution_id)
+            await abort_status(
+                context, code_pb2.INTERNAL,
+                f"sandboxd failed to run execution {validated.request.execution_id}; "
+                "see the server log",
+            )
+        finally:
+            self._metrics.running.dec()
+        self._observe(outcome)
+        return outcome
+
+    async def _await_worker(
+        self,
+        validated: ValidatedExecute,
+        arrival: float,
+        queued_s: float,
+        on_output: OutputSink | None,
+        cancel: CancelToken,
+    ) -> ExecutionOutcome:
+        """Run the execution on a worker thread; answer TIMEOUT if it stays blocked."""
         run: Callable[[], ExecutionOutcome] = lambda: self._runner.run(  # noqa: E731
             validated,
             arrival=arrival,
@@ -174,21 +213,12 @@ class ExecutorService:
             on_output=on_output,
             cancel=cancel,
         )
-        self._metrics.running.inc()
         worker: concurrent.futures.Future[ExecutionOutcome] = self._workers.submit(run)
         future = asyncio.wrap_future(worker)
         limit_s = validated.request.limits.timeout_s + STUCK_GRACE_S
         try:
             # `wait` leaves the future running when the call is cancelled or the time is up.
             done, _ = await asyncio.wait({future}, timeout=limit_s)
-            if done:
-                outcome = future.result()
-            else:
-                # Past its wall-time limit and every isolate's own grace: the guest is blocked
-                # in a host call. Answer, and leave the thread to end when that call returns.
-                cancel.cancel()
-                future.cancel()  # nothing awaits it now, and the loop may be gone when it ends
-                outcome = self._abandon(validated, worker, arrival, queued_s)
         except asyncio.CancelledError:
             # The caller went away: stop the isolate, then wait for the worker to finish with
             # it, so the slot is not reused while the isolate still runs.
@@ -203,19 +233,13 @@ class ExecutorService:
             else:
                 self._observe(cancelled)
             raise
-        except InvalidRequest as exc:
-            await abort_invalid(context, [(exc.field, str(exc))])
-        except Exception:
-            log.exception("execution %s failed inside sandboxd", validated.request.execution_id)
-            await abort_status(
-                context, code_pb2.INTERNAL,
-                f"sandboxd failed to run execution {validated.request.execution_id}; "
-                "see the server log",
-            )
-        finally:
-            self._metrics.running.dec()
-        self._observe(outcome)
-        return outcome
+        if done:
+            return future.result()
+        # Past its wall-time limit and every isolate's own grace: the guest is blocked in a
+        # host call. Answer, and leave the thread to end when that call returns.
+        cancel.cancel()
+        future.cancel()  # nothing awaits it now, and the loop may be gone when it ends
+        return self._abandon(validated, worker, arrival, queued_s)
 
     def _abandon(
         self,

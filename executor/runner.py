@@ -7,6 +7,7 @@ is destroyed after its single use, whatever happens.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -130,6 +131,48 @@ class ExecutionRunner:
         timings = Timings(queued_us=queued_us, acquire_us=acquire_us, run_us=result.run_us)
         return self._finish(validated, result, kind, runtime, hit, timings, arrival)
 
+    async def run_on_loop(
+        self,
+        validated: ValidatedExecute,
+        *,
+        arrival: float,
+        queued_us: int,
+        on_output: OutputSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ExecutionOutcome | None:
+        """Run a pool hit on the event loop when nothing on its path blocks; else None.
+
+        That is a warm isolate of a runtime whose runs wait on pipes (`runs_on_loop`: jails),
+        for a request without a facet grant or output commit (file and lock work). The caller
+        runs anything else, a pool miss included, with `run()` on a worker thread.
+        """
+        request = validated.request
+        if request.facet or validated.output_repo:
+            return None
+        kind, runtime = self.place(validated)
+        key = f"{kind.value}/{runtime}"
+        factory = self._pool.factory(key)
+        if not factory.runs_on_loop:
+            return None
+        factory.check(request)
+        acquire_start = time.perf_counter()
+        isolate = self._pool.take_warm(key)
+        if isolate is None:
+            return None
+        acquire_us = _us(time.perf_counter() - acquire_start)
+        try:
+            if cancel is not None and cancel.cancelled:
+                result = ExecutionResult(status=Status.CANCELLED,
+                                         message="the call was cancelled before it ran")
+            else:
+                result = await isolate.run_on_loop(request, on_output=on_output, cancel=cancel)
+        finally:
+            if not self._pool.try_discard(isolate):
+                # The teardown queue is full: destroying waits for the isolate's processes.
+                await asyncio.to_thread(self._pool.discard, isolate)
+        timings = Timings(queued_us=queued_us, acquire_us=acquire_us, run_us=result.run_us)
+        return self._finish(validated, result, kind, runtime, True, timings, arrival)
+
     def abandoned(
         self, validated: ValidatedExecute, *, arrival: float, queued_us: int
     ) -> ExecutionOutcome:
@@ -137,19 +180,43 @@ class ExecutionRunner:
 
         Its isolate is destroyed by the worker thread left behind, whenever that call returns.
         """
-        request = validated.request
+        limit = seconds_text(validated.request.limits.timeout_s)
+        return self._ended_early(
+            validated, Status.TIMEOUT, 124,
+            f"wall-time limit of {limit} s reached; the program was blocked in a system call "
+            "the limit cannot interrupt, and its isolate was left to end on its own",
+            hit=False, arrival=arrival, queued_us=queued_us,
+        )
+
+    def cancelled_on_loop(
+        self, validated: ValidatedExecute, *, arrival: float, queued_us: int
+    ) -> ExecutionOutcome:
+        """The CANCELLED outcome of a `run_on_loop` execution whose call went away.
+
+        The isolate was stopped and discarded as the cancellation reached it.
+        """
+        return self._ended_early(
+            validated, Status.CANCELLED, -1, "the call was cancelled while the code ran",
+            hit=True, arrival=arrival, queued_us=queued_us,
+        )
+
+    def _ended_early(
+        self,
+        validated: ValidatedExecute,
+        status: Status,
+        exit_code: int,
+        message: str,
+        *,
+        hit: bool,
+        arrival: float,
+        queued_us: int,
+    ) -> ExecutionOutcome:
         kind, runtime = self.place(validated)
         run_us = _us(time.perf_counter() - arrival) - queued_us
-        result = ExecutionResult(
-            status=Status.TIMEOUT,
-            exit_code=124,
-            message=(f"wall-time limit of {seconds_text(request.limits.timeout_s)} s reached; "
-                     "the program was blocked in a system call the limit cannot interrupt, "
-                     "and its isolate was left to end on its own"),
-            run_us=run_us,
-        )
+        result = ExecutionResult(status=status, exit_code=exit_code, message=message,
+                                 run_us=run_us)
         timings = Timings(queued_us=queued_us, run_us=run_us)
-        return self._finish(validated, result, kind, runtime, False, timings, arrival)
+        return self._finish(validated, result, kind, runtime, hit, timings, arrival)
 
     def _discard(self, isolate: Isolate, holds_facet: bool) -> None:
         # An isolate that mounts a facet is destroyed before the grant is released, so the

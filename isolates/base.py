@@ -14,6 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -234,6 +235,20 @@ class Isolate(ABC):
         behaviour end in a result status. Raises only for faults of sandboxd itself.
         """
 
+    async def run_on_loop(
+        self,
+        request: ExecutionRequest,
+        *,
+        on_output: OutputSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ExecutionResult:
+        """Run `request` awaiting on the running event loop instead of blocking a thread.
+
+        Only isolates of factories with `runs_on_loop` have it: those whose run, on the host,
+        is waiting on pipes. Same contract as `run`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} runs on a worker thread only")
+
     @abstractmethod
     def destroy(self) -> None:
         """Release every resource (processes, files, memory). Idempotent."""
@@ -244,6 +259,10 @@ class IsolateFactory(ABC):
 
     kind: IsolateKind
     runtime: str
+    runs_on_loop: ClassVar[bool] = False
+    """Whether its isolates have `Isolate.run_on_loop`: a run that waits on pipes (a jail's)
+    can be awaited on the event loop, sparing the hand-offs to and from a worker thread. A run
+    that computes on the host's CPU (wasm) must block a thread, never the loop."""
 
     @property
     def key(self) -> str:

@@ -306,16 +306,19 @@ class _Disposer:
         self._thread = threading.Thread(target=self._loop, name="pool-dispose", daemon=True)
         self._thread.start()
 
-    def put(self, isolate: Isolate, not_before: float = 0.0) -> None:
-        """Destroy `isolate` in the background, not before `not_before` (time.monotonic())."""
+    def put(self, isolate: Isolate, not_before: float = 0.0) -> bool:
+        """Destroy `isolate` in the background, not before `not_before` (time.monotonic()).
+
+        Returns False when the queue is full and the isolate was not taken.
+        """
         if not self._thread.is_alive():
             # Closed: an execution abandoned while blocked came back after shutdown.
-            _destroy_quietly(isolate)
-            return
+            return False
         try:
             self._queue.put_nowait((isolate, not_before))
         except queue.Full:
-            _destroy_quietly(isolate)
+            return False
+        return True
 
     def join(self) -> None:
         """Block until every discarded isolate is destroyed."""
@@ -378,25 +381,44 @@ class WarmPool:
         An execution with a facet always gets a new isolate, because the facet's directory is
         mounted when the isolate is created.
         """
-        pool = self._pools.get(key)
-        if pool is None:
-            raise UnknownRuntime(key)
         if facet_dir is None:
-            isolate = pool.take()
+            isolate = self.take_warm(key)
             if isolate is not None:
-                with self._lent_lock:
-                    self._lent[id(isolate)] = pool
-                self._observer.acquired(key, True)
                 return isolate, True
-        isolate = pool.factory.create_for_immediate_use(facet_dir=facet_dir)
+        isolate = self.factory(key).create_for_immediate_use(facet_dir=facet_dir)
         self._observer.acquired(key, False)
         return isolate, False
 
+    def take_warm(self, key: str) -> Isolate | None:
+        """Hand out a warm isolate of `key`, or None on a miss (never blocks on a creation)."""
+        pool = self._pools.get(key)
+        if pool is None:
+            raise UnknownRuntime(key)
+        isolate = pool.take()
+        if isolate is None:
+            return None
+        with self._lent_lock:
+            self._lent[id(isolate)] = pool
+        self._observer.acquired(key, True)
+        return isolate
+
     def discard(self, isolate: Isolate) -> None:
-        """Hand back a used isolate; it is destroyed in the background (never reused)."""
+        """Hand back a used isolate; it is destroyed in the background (never reused).
+
+        When the teardowns already waiting fill the queue, it is destroyed at once, here.
+        """
+        if not self.try_discard(isolate):
+            _destroy_quietly(isolate)
+
+    def try_discard(self, isolate: Isolate) -> bool:
+        """`discard` for callers that must not block, such as the event loop.
+
+        Returns False when the queue is full; the caller then destroys the isolate (`discard`
+        does so at once).
+        """
         with self._lent_lock:
             pool = self._lent.pop(id(isolate), None)
-        self._disposer.put(isolate, pool.returned() if pool is not None else 0.0)
+        return self._disposer.put(isolate, pool.returned() if pool is not None else 0.0)
 
     def wait_discarded(self) -> None:
         """Block until every discarded isolate has been destroyed (shutdown and tests)."""

@@ -72,6 +72,7 @@ class JailFactory(IsolateFactory):
 
     kind = IsolateKind.JAIL
     runtime = RUNTIME
+    runs_on_loop = True
 
     def __init__(self, data_dir: Path, settings: JailSettings | None = None) -> None:
         """Prepare the host for jails.

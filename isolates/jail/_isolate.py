@@ -8,6 +8,7 @@ the jail's cgroups and the jail's state directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from isolates.base import (
     CancelToken,
@@ -91,6 +92,39 @@ def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
     return True
 
 
+class _Begun(NamedTuple):
+    """A request accepted by `JailIsolate._begin`: its clamped limits, frame and deadline."""
+
+    limits: Limits
+    frame: bytes
+    deadline: float
+    """time.monotonic() by which the report must be in: the wall-time limit plus a grace."""
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _write_on_loop(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
+    """Write all of `data` to the pipe `fd`, awaiting room on `loop` when it is full.
+
+    Leaves `fd` non-blocking: a jail's request pipe carries one request.
+    """
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            writable: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(fd, _resolve, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(fd)
+
+
 class JailIsolate(Isolate):
     """A warm, single-use jail made by `JailFactory.create()`."""
 
@@ -158,6 +192,50 @@ class JailIsolate(Isolate):
             ValueError: the language is not one a jail runs (a routing fault of the caller).
             RuntimeError: the isolate was already used or destroyed.
         """
+        self._claim(request)
+        try:
+            started = time.monotonic()
+            begun = self._begin(request, on_output is not None, cancel)
+            if isinstance(begun, ExecutionResult):
+                return begun
+            report, host_timeout = self._exchange(begun, on_output)
+            return self._conclude(request, begun, report, host_timeout, started)
+        finally:
+            self._unclaim()
+
+    async def run_on_loop(
+        self,
+        request: ExecutionRequest,
+        *,
+        on_output: OutputSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ExecutionResult:
+        """Run `request` in this jail, awaiting its pipes on the running event loop.
+
+        The same run as `run()`: on the host a jail's run is writing the request and waiting
+        for frames, so it needs no thread. Only the rare end without a report (a killed jail,
+        the host's backstop deadline) waits for nsjail's exit, on a thread. A cancelled await
+        stops the jail, as a cancelled token does.
+        """
+        self._claim(request)
+        try:
+            started = time.monotonic()
+            begun = self._begin(request, on_output is not None, cancel)
+            if isinstance(begun, ExecutionResult):
+                return begun
+            try:
+                report, host_timeout = await self._exchange_on_loop(begun, on_output)
+            except asyncio.CancelledError:
+                self._on_cancel()
+                raise
+            if report is None:
+                return await asyncio.to_thread(
+                    self._conclude, request, begun, report, host_timeout, started)
+            return self._conclude(request, begun, report, host_timeout, started)
+        finally:
+            self._unclaim()
+
+    def _claim(self, request: ExecutionRequest) -> None:
         if request.language not in LANGUAGES:
             raise ValueError(f"JAIL isolates do not run {request.language.value!r}")
         with self._lock:
@@ -165,25 +243,21 @@ class JailIsolate(Isolate):
                 raise RuntimeError(f"jail {self.jail_id} is single-use and was already used")
             self._used = True
             self._running = True
-        try:
-            return self._run(request, on_output, cancel)
-        finally:
-            with self._lock:
-                self._running = False
-                destroyed_meanwhile = self._destroyed
-            if destroyed_meanwhile:
-                # destroy() ran on another thread while this run read from the jail's pipes;
-                # it left the descriptors and cleanup to this thread, so that no descriptor
-                # number could be closed (and reused) under a read in progress.
-                self._release()
 
-    def _run(
-        self,
-        request: ExecutionRequest,
-        on_output: OutputSink | None,
-        cancel: CancelToken | None,
-    ) -> ExecutionResult:
-        started = time.monotonic()
+    def _unclaim(self) -> None:
+        with self._lock:
+            self._running = False
+            destroyed_meanwhile = self._destroyed
+        if destroyed_meanwhile:
+            # destroy() ran on another thread while this run read from the jail's pipes;
+            # it left the descriptors and cleanup to this thread, so that no descriptor
+            # number could be closed (and reused) under a read in progress.
+            self._release()
+
+    def _begin(
+        self, request: ExecutionRequest, stream: bool, cancel: CancelToken | None
+    ) -> _Begun | ExecutionResult:
+        """Check the request, apply its memory limit and encode it; a result if refused."""
         limits = self._clamp(request.limits)
         for path in [f.path for f in request.files] + list(request.output_paths):
             problem = validate_relative_path(path)
@@ -194,27 +268,88 @@ class JailIsolate(Isolate):
         self._cgroup.set_memory_limit(limits.memory_bytes)
         if cancel is not None:
             cancel.on_cancel(self._on_cancel)
-        report: dict[str, Any] | None = None
-        host_timeout = False
+        return _Begun(
+            limits=limits,
+            frame=encode_request(request, limits, stream),
+            deadline=time.monotonic() + limits.timeout_s + self._settings.result_grace_s,
+        )
+
+    def _exchange(
+        self, begun: _Begun, on_output: OutputSink | None
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """Send the request and read frames until the report: (report or None, host timeout)."""
         stdin = self._process.stdin
         assert stdin is not None
         try:
             if not self._cancelled.is_set():
-                stdin.write(encode_request(request, limits, on_output is not None))
+                stdin.write(begun.frame)
                 stdin.flush()
-                deadline = time.monotonic() + limits.timeout_s + self._settings.result_grace_s
                 while True:
-                    frame = self._reader.read(deadline)
-                    if frame.get("t") == "out" and on_output is not None:
-                        on_output(str(frame.get("s")), b64(frame, "d"))
-                    elif frame.get("t") == "result":
-                        report = frame
-                        break
+                    frame = self._reader.read(begun.deadline)
+                    if self._take_frame(frame, on_output):
+                        return frame, False
         except (BrokenPipeError, FrameEOF):
-            report = None
+            pass
         except FrameTimeout:
-            host_timeout = True
             self._signal(signal.SIGTERM)
+            return None, True
+        return None, False
+
+    async def _exchange_on_loop(
+        self, begun: _Begun, on_output: OutputSink | None
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """`_exchange` on the running event loop: the pipes are watched, never waited on."""
+        if self._cancelled.is_set():
+            return None, False
+        loop = asyncio.get_running_loop()
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            await _write_on_loop(loop, stdin.fileno(), begun.frame)
+        except BrokenPipeError:
+            return None, False
+        report: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+
+        def on_readable() -> None:
+            if report.done():
+                return
+            try:
+                while (frame := self._reader.read_nowait()) is not None:
+                    if self._take_frame(frame, on_output):
+                        report.set_result(frame)
+                        return
+            except FrameEOF:
+                report.set_result(None)
+            except ValueError as exc:
+                report.set_exception(exc)
+
+        loop.add_reader(self._reader.fd, on_readable)
+        try:
+            # loop.time() is time.monotonic(), the clock of the deadline.
+            async with asyncio.timeout_at(begun.deadline):
+                return await report, False
+        except TimeoutError:
+            self._signal(signal.SIGTERM)
+            return None, True
+        finally:
+            loop.remove_reader(self._reader.fd)
+
+    @staticmethod
+    def _take_frame(frame: dict[str, Any], on_output: OutputSink | None) -> bool:
+        """Relay an output frame; True for the report, which ends the exchange."""
+        if frame.get("t") == "out" and on_output is not None:
+            on_output(str(frame.get("s")), b64(frame, "d"))
+        return frame.get("t") == "result"
+
+    def _conclude(
+        self,
+        request: ExecutionRequest,
+        begun: _Begun,
+        report: dict[str, Any] | None,
+        host_timeout: bool,
+        started: float,
+    ) -> ExecutionResult:
+        """Classify the outcome and build the result (waits for nsjail's exit without a report)."""
         oom_kills = self._cgroup.oom_kills()
         nsjail_log = ""
         if report is None:
@@ -223,7 +358,7 @@ class JailIsolate(Isolate):
             nsjail_log = self._read_log()
         verdict = classify(
             report=report,
-            limits=limits,
+            limits=begun.limits,
             cancelled=self._cancelled.is_set(),
             host_timeout=host_timeout,
             oom_kills=oom_kills,

@@ -87,8 +87,13 @@ class FrameReader:
         self._buffer = bytearray()
         os.set_blocking(fd, False)
 
+    @property
+    def fd(self) -> int:
+        """The pipe's descriptor (non-blocking), for an event loop to watch."""
+        return self._fd
+
     def read(self, deadline: float) -> dict[str, Any]:
-        """Return the next frame as a dict.
+        """Return the next frame as a dict, blocking until it is complete.
 
         Raises:
             FrameTimeout: `deadline` (time.monotonic()) passed first.
@@ -96,29 +101,53 @@ class FrameReader:
             ValueError: the frame is too large or not a JSON object.
         """
         while True:
-            if len(self._buffer) >= 4:
-                (size,) = struct.unpack(">I", self._buffer[:4])
-                if size > self._max:
-                    raise ValueError(f"driver frame of {size} bytes exceeds {self._max}")
-                if len(self._buffer) >= 4 + size:
-                    body = bytes(self._buffer[4 : 4 + size])
-                    del self._buffer[: 4 + size]
-                    message = json.loads(body)
-                    if not isinstance(message, dict):
-                        raise ValueError("driver frame is not an object")
-                    return message
+            message = self._buffered()
+            if message is not None:
+                return message
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FrameTimeout
-            if not wait_readable(self._fd, remaining):
-                continue
-            try:
-                chunk = os.read(self._fd, 1 << 20)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                raise FrameEOF
-            self._buffer += chunk
+            if wait_readable(self._fd, remaining):
+                self._fill()
+
+    def read_nowait(self) -> dict[str, Any] | None:
+        """Return the next frame if it is complete by now, else None (never blocks).
+
+        Raises:
+            FrameEOF: the pipe closed before a complete frame.
+            ValueError: the frame is too large or not a JSON object.
+        """
+        message = self._buffered()
+        if message is None and self._fill():
+            message = self._buffered()
+        return message
+
+    def _buffered(self) -> dict[str, Any] | None:
+        """Take the first frame out of the buffer if it is all there."""
+        if len(self._buffer) < 4:
+            return None
+        (size,) = struct.unpack(">I", self._buffer[:4])
+        if size > self._max:
+            raise ValueError(f"driver frame of {size} bytes exceeds {self._max}")
+        if len(self._buffer) < 4 + size:
+            return None
+        body = bytes(self._buffer[4 : 4 + size])
+        del self._buffer[: 4 + size]
+        message = json.loads(body)
+        if not isinstance(message, dict):
+            raise ValueError("driver frame is not an object")
+        return message
+
+    def _fill(self) -> bool:
+        """Append what the pipe holds to the buffer; False if it held nothing yet."""
+        try:
+            chunk = os.read(self._fd, 1 << 20)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            raise FrameEOF
+        self._buffer += chunk
+        return True
 
 
 def wait_readable(fd: int, timeout_s: float) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sandboxd import Client, InvalidArgumentError
+from tests.conftest import private_data_dir, start_server
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +64,25 @@ def test_jail_streams_output(client: Client) -> None:
                                 on_stdout=chunks.append)
     assert execution.ok
     assert "".join(chunks) == "1\n2\n3\n"
+
+
+def test_warm_jails_run_on_the_event_loop_and_wasm_on_worker_threads(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    running = start_server(private_data_dir(data_dir, tmp_path), pool_jail=1,
+                           pool_wasm_python=1, pool_wasm_javascript=0)
+    try:
+        pool, workers = running.server.pool, running.server._workers
+        assert pool is not None and workers is not None
+        assert pool.wait_warm(60)
+        with Client(running.target) as c:
+            hit = c.run_code("print(6 * 7)", isolate="jail")
+            assert (hit.stdout, hit.isolate.pool_hit) == ("42\n", True)
+            # No worker thread was started for the warm jail: it ran on the event loop.
+            assert workers._threads == {}
+            # A wasm run computes on the host's CPU: it blocks a worker thread, not the loop.
+            wasm = c.run_code("print(7 * 6)", isolate="wasm")
+            assert wasm.stdout == "42\n"
+            assert len(workers._threads) == 1
+    finally:
+        running.stop()

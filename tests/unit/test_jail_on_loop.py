@@ -1,0 +1,122 @@
+"""A JAIL isolate's run awaited on an event loop (`run_on_loop`), against real nsjail.
+
+The server runs warm jails this way (no worker thread); these tests hold it to the same results
+as the blocking `run` and to what the loop relies on: it is never blocked, a request larger
+than the pipe still goes through, and a cancelled await stops the jail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from isolates.base import CancelToken, ExecutionRequest, InputFile, Language, Limits, Status
+from isolates.jail import JailFactory
+from isolates.jail._isolate import JailIsolate, wait_for_exit
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JailFactory]:
+    jail_factory = JailFactory(tmp_path_factory.mktemp("data"))
+    yield jail_factory
+    jail_factory.close()
+
+
+@pytest.fixture
+def jail(factory: JailFactory) -> Iterator[JailIsolate]:
+    isolate = factory.create()
+    yield isolate
+    isolate.destroy()
+
+
+def request(language: Language, code: str, **fields: object) -> ExecutionRequest:
+    return ExecutionRequest(execution_id="t", language=language, code=code,
+                            **fields)  # type: ignore[arg-type]
+
+
+def test_runs_like_run(jail: JailIsolate) -> None:
+    result = asyncio.run(jail.run_on_loop(request(Language.PYTHON, "print(6 * 7)")))
+    assert (result.status, result.exit_code, result.stdout) == (Status.OK, 0, b"42\n")
+    assert result.run_us > 0
+
+
+def test_streams_output_as_it_comes(jail: JailIsolate) -> None:
+    chunks: list[tuple[str, bytes]] = []
+    result = asyncio.run(jail.run_on_loop(
+        request(Language.SHELL, "echo one; sleep 0.2; echo two >&2; echo three"),
+        on_output=lambda stream, data: chunks.append((stream, data)),
+    ))
+    assert result.status is Status.OK
+    assert b"".join(d for s, d in chunks if s == "stdout") == b"one\nthree\n" == result.stdout
+    assert b"".join(d for s, d in chunks if s == "stderr") == b"two\n"
+
+
+def test_a_request_larger_than_the_pipe_is_written_whole(jail: JailIsolate) -> None:
+    content = os.urandom(1 << 20)  # 16 times a pipe's buffer
+    result = asyncio.run(jail.run_on_loop(request(
+        Language.SHELL, "cp in.bin out.bin",
+        files=(InputFile(path="in.bin", content=content),), output_paths=("out.bin",),
+        limits=Limits(output_bytes=2 << 20),
+    )))
+    assert result.status is Status.OK, result.message
+    assert result.files[0].content == content
+
+
+def test_the_loop_keeps_running_while_the_jail_runs(jail: JailIsolate) -> None:
+    async def main() -> int:
+        ticks = 0
+        run = asyncio.ensure_future(jail.run_on_loop(request(Language.SHELL, "sleep 0.5")))
+        while not run.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert (await run).status is Status.OK
+        return ticks
+
+    assert asyncio.run(main()) >= 20
+
+
+def test_a_cancelled_await_stops_the_jail(jail: JailIsolate) -> None:
+    async def main() -> None:
+        run = asyncio.ensure_future(jail.run_on_loop(request(
+            Language.SHELL, "echo started; sleep 60", limits=Limits(timeout_s=60))))
+        await asyncio.sleep(0.5)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(main())
+    # Stopped by the cancellation itself, not by a later destroy().
+    assert wait_for_exit(jail._process, 10)
+
+
+def test_a_cancelled_token_ends_cancelled(jail: JailIsolate) -> None:
+    async def main() -> Status:
+        cancel = CancelToken()
+        asyncio.get_running_loop().call_later(0.3, cancel.cancel)
+        result = await jail.run_on_loop(
+            request(Language.SHELL, "sleep 60", limits=Limits(timeout_s=60)), cancel=cancel)
+        return result.status
+
+    assert asyncio.run(main()) is Status.CANCELLED
+
+
+def test_a_jail_killed_under_the_run_ends_with_an_error_not_a_hang(jail: JailIsolate) -> None:
+    async def main() -> Status:
+        asyncio.get_running_loop().call_later(0.3, os.kill, jail.pid, signal.SIGKILL)
+        result = await jail.run_on_loop(
+            request(Language.SHELL, "sleep 60", limits=Limits(timeout_s=60)))
+        return result.status
+
+    assert asyncio.run(main()) is Status.INTERNAL_ERROR
+
+
+def test_the_isolate_stays_single_use(jail: JailIsolate) -> None:
+    asyncio.run(jail.run_on_loop(request(Language.SHELL, "true")))
+    with pytest.raises(RuntimeError, match="single-use"):
+        asyncio.run(jail.run_on_loop(request(Language.SHELL, "true")))
+    with pytest.raises(RuntimeError, match="single-use"):
+        jail.run(request(Language.SHELL, "true"))
