@@ -141,6 +141,18 @@ def test_input_and_output_files(factory: JailFactory) -> None:
     assert by_path["missing.txt"].error == "missing" and by_path["missing.txt"].content == b""
 
 
+def test_input_files_that_cannot_be_written_refuse_the_run(factory: JailFactory) -> None:
+    # "a" is a file, so "a/b" cannot be made: the code must not run without its inputs.
+    result = run(
+        factory,
+        language=Language.SHELL,
+        code="echo ran",
+        files=(InputFile(path="a", content=b"1"), InputFile(path="a/b", content=b"2")),
+    )
+    assert (result.status, result.stdout) == (Status.ERROR, b"")
+    assert result.message == "input file 'a/b': Not a directory"
+
+
 def test_output_file_larger_than_cap_is_truncated(factory: JailFactory) -> None:
     from isolates.base import Limits
 

@@ -1,10 +1,11 @@
 """The in-jail driver: pid 1 of every JAIL isolate, run by the system python3 (3.11).
 
 Lifecycle: import what the driver needs (and the operator's optional pre-imports), pre-fork the
-child that will run the code, write a READY frame, block until the host's one request arrives on
-stdin, run it in that child under the request's limits while capturing stdout and stderr up to a
-cap (totals still counted), read back the requested output files without following links, write
-one RESULT frame, then wait for the host to close stdin and exit.
+child that will run the code, write a READY frame. The child reads the host's one request from
+stdin, writes its input files and stdin, and tells the driver the limits and output paths
+before it runs the code. The driver watches the run under those limits while capturing stdout
+and stderr up to a cap (totals still counted), reads back the requested output files without
+following links, writes one RESULT frame, then waits for the host to close stdin and exits.
 
 Why a forked child and not the driver itself: pid 1 survives whatever the code does (OOM kill,
 seccomp kill, CPU limit), so it can always report what happened; and `kill(-1, SIGKILL)` from
@@ -19,8 +20,8 @@ rather than `base64`; those the child does not need are imported after the fork 
 `sys.path` itself (see `_add_site_dirs`). Everything else a program imports is imported on first
 use in the child, exactly as under a fresh `python3 -c`.
 
-Frames: host -> driver is a 4-byte big-endian length and a `marshal` (version 4) dict, bytes
-raw; driver -> host is a 4-byte big-endian length and a JSON object, bytes base64-encoded (the
+Frames: host -> jail (read by the child) and child -> driver (CONTROL) are a 4-byte big-endian
+length and a `marshal` (version 4) dict, bytes raw; driver -> host is a 4-byte big-endian length and a JSON object, bytes base64-encoded (the
 host parses what comes out of a jail with a strict JSON parser, never with marshal). This file
 is compiled by the guest interpreter when a factory is created (compiling it in each jail cost
 about 9 ms of every cold start); each jail's interpreter reads the compiled code from stdin,
@@ -60,6 +61,8 @@ CHUNK = 65536
 DRIVER_PID = os.getpid()
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
+CONTROL_FIELDS = ("timeout_s", "cpu_s", "output_bytes", "output_paths", "stream")
+"""The request's fields the driver needs, sent by the child in its CONTROL message."""
 WARM = b"w"
 """What the pre-forked child writes on its status pipe once warmed up (before any request)."""
 SINGLE_THREADED = b"1"
@@ -286,24 +289,37 @@ class Child:
     """The pre-forked child that will run the code, and the driver's ends of its pipes.
 
     Forking costs milliseconds on a virtual machine, so the child is forked before READY and
-    waits for its request on a pipe; at request time only the request itself is passed. The
-    child warms up first (see `_warm_up`) and says so with one byte on its status pipe, which
+    reads the host's request itself: it wakes on the host's write, not on a hand-over by the
+    driver. It writes the input files and stdin, then sends the driver what the driver needs
+    (limits, output paths; a CONTROL message), and only then runs the code. The child warms
+    up first (see `_warm_up`) and says so with one byte on its status pipe, which
     the driver awaits before READY: a jail the pool hands out is warm however soon it is used.
     """
 
-    def __init__(self) -> None:
-        self.stdin_fd = os.memfd_create("stdin")
+    def __init__(self, request_fd: int) -> None:
+        stdin_fd = os.memfd_create("stdin")
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
-        ctl_r, self.ctl_w = os.pipe()
+        self.control_r, control_w = os.pipe()
         self.status_r, status_w = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:
-            for fd in (self.out_r, self.err_r, self.ctl_w, self.status_r):
+            for fd in (self.out_r, self.err_r, self.control_r, self.status_r):
                 os.close(fd)
-            _child_main(self.stdin_fd, out_w, err_w, ctl_r, status_w)
-        for fd in (out_w, err_w, ctl_r, status_w):
+            _child_main(request_fd, stdin_fd, out_w, err_w, control_w, status_w)
+        for fd in (stdin_fd, out_w, err_w, control_w, status_w):
             os.close(fd)
+
+    def read_control(self) -> dict[str, Any]:
+        """Block until the child has the request and says what the driver needs of it.
+
+        Raises EOFError when the child ended first (the host closed stdin without a request).
+        The message comes from the child before any of the program's code runs, and its pipe
+        is closed before that code starts: it is the driver's own code speaking.
+        """
+        control = _read_request(self.control_r)
+        os.close(self.control_r)
+        return control
 
     def wait_warm(self) -> None:
         """Block until the child has warmed up; exit if it died instead."""
@@ -331,11 +347,14 @@ def _warm_up() -> None:
     os.environ.update(environment)
 
 
-def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int) -> None:
-    """The forked child: wait for the request, then run it. Never returns.
+def _child_main(
+    host_fd: int, stdin_fd: int, out_w: int, err_w: int, control_w: int, status_w: int
+) -> None:
+    """The forked child: read the host's request from `host_fd`, then run it. Never returns.
 
-    Sets up fds, limits and environment, runs the code and reports a Python program's exit code
-    on `status_w` (an exec'd program's exit status reaches the driver through waitpid).
+    Writes the input files and stdin, sends the driver its CONTROL message on `control_w`, sets
+    up fds, limits and environment, runs the code and reports a Python program's exit code on
+    `status_w` (an exec'd program's exit status reaches the driver through waitpid).
     """
     status = 127
     try:
@@ -344,12 +363,14 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
         _warm_up()
         os.write(status_w, WARM)
         # Everything that does not depend on the request is set up before it arrives.
-        # The status and request pipes sit at the top of the fd range, out of the way of user
-        # code; RLIMIT_NOFILE bounds every fd.
+        # The status, control and request pipes sit at the top of the fd range, out of the way
+        # of user code; RLIMIT_NOFILE bounds every fd.
         status_fd = os.sysconf("SC_OPEN_MAX") - 1
-        request_fd = status_fd - 1
+        control_fd = status_fd - 1
+        request_fd = status_fd - 2
         os.dup2(status_w, status_fd, inheritable=False)
-        os.dup2(ctl_r, request_fd, inheritable=False)
+        os.dup2(control_w, control_fd, inheritable=False)
+        os.dup2(host_fd, request_fd, inheritable=False)
         os.dup2(stdin_fd, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
@@ -358,8 +379,19 @@ def _child_main(stdin_fd: int, out_w: int, err_w: int, ctl_r: int, status_w: int
         try:
             request = _read_request(request_fd)
         except EOFError:
-            os._exit(0)  # the driver is going away without a request
+            os._exit(0)  # the host is going away without a request
         os.close(request_fd)
+        error = _write_inputs(request["files"])
+        if not error:
+            _write_all(0, request["stdin"])
+            os.lseek(0, 0, os.SEEK_SET)
+        control = {k: request[k] for k in CONTROL_FIELDS}
+        control["setup_error"] = error
+        encoded = marshal.dumps(control)
+        _write_all(control_fd, len(encoded).to_bytes(4, "big") + encoded)
+        os.close(control_fd)
+        if error:
+            os._exit(0)
         cpu_s = request.get("cpu_s")
         if cpu_s:
             import resource  # forked before the driver imported it
@@ -461,20 +493,13 @@ def _kill_all() -> None:
 def _execute(
     request: dict[str, Any], child: Child, result_fd: int, wake_r: int
 ) -> dict[str, Any]:
-    """Run one request in the pre-forked child and return the RESULT frame's fields."""
+    """Watch the child run the request (its CONTROL fields); return the RESULT's fields."""
     started = time.monotonic()
-    error = _write_inputs(request["files"])
-    if error:
-        return {"setup_error": error}
+    if request["setup_error"]:
+        _reap_all()
+        return {"setup_error": request["setup_error"]}
     cap: int = request["output_bytes"]
     stream: bool = request.get("stream", False)
-    _write_all(child.stdin_fd, request["stdin"])
-    os.lseek(child.stdin_fd, 0, os.SEEK_SET)
-    os.close(child.stdin_fd)
-    to_child = {k: v for k, v in request.items() if k not in ("files", "stdin")}
-    encoded = marshal.dumps(to_child)
-    _write_all(child.ctl_w, len(encoded).to_bytes(4, "big") + encoded)
-    os.close(child.ctl_w)
     out_r, err_r, status_r = child.out_r, child.err_r, child.status_r
     for fd in (out_r, err_r, status_r):
         os.set_blocking(fd, False)
@@ -681,7 +706,7 @@ def main() -> None:
     # their pages shared instead of copying them on first touch.
     gc.collect()
     gc.freeze()
-    child = Child()
+    child = Child(request_fd)
     # Non-dumpable: code running under the same uid cannot open /proc/1/mem and hijack the
     # driver to forge a report. Done after the fork, while the child warms up on another CPU
     # (loading _ctypes for it costs about 1 ms): what needs protecting is the driver, and no
@@ -692,10 +717,10 @@ def main() -> None:
     child.wait_warm()
     _frame(result_fd, {"t": "ready"})
     try:
-        request = _read_request(request_fd)
+        control = child.read_control()
     except EOFError:
         return
-    report = _execute(request, child, result_fd, wake_r)
+    report = _execute(control, child, result_fd, wake_r)
     report["t"] = "result"
     _frame(result_fd, report)
     _reap_all()
