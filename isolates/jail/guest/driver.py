@@ -21,12 +21,13 @@ rather than `base64`; those the child does not need are imported after the fork 
 use in the child, exactly as under a fresh `python3 -c`.
 
 Frames: host -> jail (read by the child) and child -> driver (CONTROL) are a 4-byte big-endian
-length and a `marshal` (version 4) dict, bytes raw; driver -> host is a 4-byte big-endian length and a JSON object, bytes base64-encoded (the
-host parses what comes out of a jail with a strict JSON parser, never with marshal). This file
-is compiled by the guest interpreter when a factory is created (compiling it in each jail cost
-about 9 ms of every cold start); each jail's interpreter reads the compiled code from stdin,
-ahead of any request, and runs it as `__main__` (see `BOOTSTRAP` in _nsjail_config.py). It is
-not importable from the host package at run time and must only use the standard library.
+length and a `marshal` (version 4) dict, bytes raw; driver -> host is a 4-byte big-endian length
+and a JSON object, bytes base64-encoded (the host parses what comes out of a jail with a strict
+JSON parser, never with marshal). This file is compiled by the guest interpreter when a factory
+is created (compiling it in each jail cost about 9 ms of every cold start); each jail's
+interpreter reads the compiled code from stdin, ahead of any request, and runs it as `__main__`
+(see `BOOTSTRAP` in _nsjail_config.py). It is not importable from the host package at run time
+and must only use the standard library.
 """
 
 # ruff: noqa: SIM105 -- try/except/pass instead of contextlib.suppress: importing contextlib
