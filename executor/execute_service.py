@@ -281,12 +281,11 @@ class ExecutorService:
         )
 
     def _observe(self, outcome: ExecutionOutcome) -> None:
-        kind, runtime = outcome.kind.value, outcome.runtime
-        m = self._metrics
-        m.executions.labels(outcome.result.status.value, kind, runtime).inc()
-        m.execute_duration.labels(kind, runtime).observe(outcome.timings.total_us / 1e6)
-        m.run_duration.labels(kind, runtime).observe(outcome.timings.run_us / 1e6)
-        m.acquire_duration.labels(kind, runtime).observe(outcome.timings.acquire_us / 1e6)
+        t = outcome.timings
+        self._metrics.finished(
+            outcome.result.status.value, outcome.kind.value, outcome.runtime,
+            total_s=t.total_us / 1e6, run_s=t.run_us / 1e6, acquire_s=t.acquire_us / 1e6,
+        )
 
 
 def to_proto(validated: ValidatedExecute, outcome: ExecutionOutcome) -> pb.ExecuteResult:
