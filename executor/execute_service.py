@@ -147,12 +147,12 @@ class ExecutorService:
         try:
             async with self.admission.slot() as queued_s:
                 self._metrics.queue_duration.observe(queued_s)
-                return await self._run_in_worker(validated, context, arrival, queued_s, on_output)
+                return await self._run_admitted(validated, context, arrival, queued_s, on_output)
         except Overloaded as exc:
             self._metrics.rejected.labels("overloaded").inc()
             await abort_overloaded(context, str(exc), exc.retry_after)
 
-    async def _run_in_worker(
+    async def _run_admitted(
         self,
         validated: ValidatedExecute,
         context: grpc.aio.ServicerContext,
@@ -160,6 +160,10 @@ class ExecutorService:
         queued_s: float,
         on_output: OutputSink | None,
     ) -> ExecutionOutcome:
+        """Run an execution that holds a slot; sandboxd's own faults become gRPC errors.
+
+        It runs on the event loop when the runner can (a warm jail), else on a worker thread.
+        """
         if self._workers.abandoned >= MAX_ABANDONED:
             await abort_status(
                 context, code_pb2.UNAVAILABLE,
