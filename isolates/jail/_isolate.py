@@ -316,10 +316,14 @@ class JailIsolate(Isolate):
             if report.done():
                 return
             try:
-                while (frame := self._reader.read_nowait()) is not None:
+                # One read of the pipe per call, then the frames it completed: a jail streaming
+                # output as fast as it can must not hold the loop.
+                frame = self._reader.read_nowait()
+                while frame is not None:
                     if self._take_frame(frame, on_output):
                         report.set_result(frame)
                         return
+                    frame = self._reader.read_buffered()
             except FrameEOF:
                 report.set_result(None)
             except ValueError as exc:

@@ -101,7 +101,7 @@ class FrameReader:
             ValueError: the frame is too large or not a JSON object.
         """
         while True:
-            message = self._buffered()
+            message = self.read_buffered()
             if message is not None:
                 return message
             remaining = deadline - time.monotonic()
@@ -113,17 +113,23 @@ class FrameReader:
     def read_nowait(self) -> dict[str, Any] | None:
         """Return the next frame if it is complete by now, else None (never blocks).
 
+        Reads the pipe at most once, and only when no complete frame is buffered.
+
         Raises:
             FrameEOF: the pipe closed before a complete frame.
             ValueError: the frame is too large or not a JSON object.
         """
-        message = self._buffered()
+        message = self.read_buffered()
         if message is None and self._fill():
-            message = self._buffered()
+            message = self.read_buffered()
         return message
 
-    def _buffered(self) -> dict[str, Any] | None:
-        """Take the first frame out of the buffer if it is all there."""
+    def read_buffered(self) -> dict[str, Any] | None:
+        """Take the first frame out of what was read already, if it is all there.
+
+        Raises:
+            ValueError: the frame is too large or not a JSON object.
+        """
         if len(self._buffer) < 4:
             return None
         (size,) = struct.unpack(">I", self._buffer[:4])

@@ -79,6 +79,32 @@ def test_the_loop_keeps_running_while_the_jail_runs(jail: JailIsolate) -> None:
     assert asyncio.run(main()) >= 20
 
 
+def test_streamed_output_does_not_hold_the_loop(jail: JailIsolate) -> None:
+    # A program streaming 8 MB as fast as it can: the loop must run other tasks between the
+    # chunks it relays, not drain the pipe for as long as the jail keeps it full.
+    async def main() -> set[int]:
+        ticks = 0
+        seen: set[int] = set()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.ensure_future(ticker())
+        result = await jail.run_on_loop(
+            request(Language.SHELL, "head -c 8000000 /dev/zero",
+                    limits=Limits(output_bytes=16 << 20)),
+            on_output=lambda stream, data: seen.add(ticks),
+        )
+        ticking.cancel()
+        assert result.status is Status.OK and result.stdout_total_bytes == 8_000_000
+        return seen
+
+    assert len(asyncio.run(main())) > 1
+
+
 def test_a_cancelled_await_stops_the_jail(jail: JailIsolate) -> None:
     async def main() -> None:
         run = asyncio.ensure_future(jail.run_on_loop(request(
