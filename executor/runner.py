@@ -160,12 +160,10 @@ class ExecutionRunner:
         if isolate is None:
             return None
         acquire_us = _us(time.perf_counter() - acquire_start)
+        # Nothing awaited since the call took its slot, so it cannot have been cancelled yet
+        # (a worker's run checks, since it may start late).
         try:
-            if cancel is not None and cancel.cancelled:
-                result = ExecutionResult(status=Status.CANCELLED,
-                                         message="the call was cancelled before it ran")
-            else:
-                result = await isolate.run_on_loop(request, on_output=on_output, cancel=cancel)
+            result = await isolate.run_on_loop(request, on_output=on_output, cancel=cancel)
         finally:
             if not self._pool.try_discard(isolate):
                 # The teardown queue is full: destroying waits for the isolate's processes.
