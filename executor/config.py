@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from executor.event_loop import EventLoopName
+
 __all__ = ["ENV_PREFIX", "Settings"]
 
 ENV_PREFIX = "SANDBOXD_"
@@ -88,6 +90,9 @@ class Settings(BaseModel):
 
     grace_period_s: float = Field(default=10.0, ge=0)
     """On SIGTERM, running executions get this long to finish."""
+    event_loop: EventLoopName = "uvloop"
+    """The server's event loop: "uvloop" (compiled, faster per call) or "asyncio" (the
+    standard library's); see executor/event_loop.py."""
 
     @property
     def concurrency(self) -> int:

@@ -135,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from executor.config import Settings
+    from executor.event_loop import loop_factory
     from executor.isolate_setup import StartError
     from executor.server import serve
 
@@ -160,7 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"sandboxd serve: {field}: {error['msg']}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings), loop_factory=loop_factory(settings.event_loop))
     except StartError as exc:
         print(f"sandboxd serve: {exc}", file=sys.stderr)
         return EXIT_NOT_OK

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from executor.config import Settings
+from executor.event_loop import loop_factory
 from executor.server import Server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ class RunningServer:
 
     def __init__(self, settings: Settings) -> None:
         self.server = Server(settings)
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory(settings.event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> None:

@@ -66,11 +66,12 @@ def test_jail_streams_output(client: Client) -> None:
     assert "".join(chunks) == "1\n2\n3\n"
 
 
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 def test_warm_jails_run_on_the_event_loop_and_wasm_on_worker_threads(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, event_loop: str
 ) -> None:
     running = start_server(private_data_dir(data_dir, tmp_path), pool_jail=1,
-                           pool_wasm_python=1, pool_wasm_javascript=0)
+                           pool_wasm_python=1, pool_wasm_javascript=0, event_loop=event_loop)
     try:
         pool, workers = running.server.pool, running.server._workers
         assert pool is not None and workers is not None

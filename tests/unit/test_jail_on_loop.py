@@ -2,7 +2,8 @@
 
 The server runs warm jails this way (no worker thread); these tests hold it to the same results
 as the blocking `run` and to what the loop relies on: it is never blocked, a request larger
-than the pipe still goes through, and a cancelled await stops the jail.
+than the pipe still goes through, and a cancelled await stops the jail. Each runs on both event
+loops the server can serve on (executor/event_loop.py).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from executor.event_loop import loop_factory
 from isolates.base import CancelToken, ExecutionRequest, InputFile, Language, Limits, Status
 from isolates.jail import JailFactory
 from isolates.jail._isolate import JailIsolate, wait_for_exit
@@ -33,20 +36,38 @@ def jail(factory: JailFactory) -> Iterator[JailIsolate]:
     isolate.destroy()
 
 
+_T = TypeVar("_T")
+
+
+class RunOnLoop(Protocol):
+    def __call__(self, main: Coroutine[Any, Any, _T]) -> _T: ...
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def run(request: pytest.FixtureRequest) -> RunOnLoop:
+    """Runs a coroutine to completion on a new loop of each kind."""
+    factory = loop_factory(request.param)
+
+    def run_on_loop(main: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run(main, loop_factory=factory)
+
+    return run_on_loop
+
+
 def request(language: Language, code: str, **fields: object) -> ExecutionRequest:
     return ExecutionRequest(execution_id="t", language=language, code=code,
                             **fields)  # type: ignore[arg-type]
 
 
-def test_runs_like_run(jail: JailIsolate) -> None:
-    result = asyncio.run(jail.run_on_loop(request(Language.PYTHON, "print(6 * 7)")))
+def test_runs_like_run(jail: JailIsolate, run: RunOnLoop) -> None:
+    result = run(jail.run_on_loop(request(Language.PYTHON, "print(6 * 7)")))
     assert (result.status, result.exit_code, result.stdout) == (Status.OK, 0, b"42\n")
     assert result.run_us > 0
 
 
-def test_streams_output_as_it_comes(jail: JailIsolate) -> None:
+def test_streams_output_as_it_comes(jail: JailIsolate, run: RunOnLoop) -> None:
     chunks: list[tuple[str, bytes]] = []
-    result = asyncio.run(jail.run_on_loop(
+    result = run(jail.run_on_loop(
         request(Language.SHELL, "echo one; sleep 0.2; echo two >&2; echo three"),
         on_output=lambda stream, data: chunks.append((stream, data)),
     ))
@@ -55,9 +76,11 @@ def test_streams_output_as_it_comes(jail: JailIsolate) -> None:
     assert b"".join(d for s, d in chunks if s == "stderr") == b"two\n"
 
 
-def test_a_request_larger_than_the_pipe_is_written_whole(jail: JailIsolate) -> None:
+def test_a_request_larger_than_the_pipe_is_written_whole(
+    jail: JailIsolate, run: RunOnLoop
+) -> None:
     content = os.urandom(1 << 20)  # 16 times a pipe's buffer
-    result = asyncio.run(jail.run_on_loop(request(
+    result = run(jail.run_on_loop(request(
         Language.SHELL, "cp in.bin out.bin",
         files=(InputFile(path="in.bin", content=content),), output_paths=("out.bin",),
         limits=Limits(output_bytes=2 << 20),
@@ -66,20 +89,20 @@ def test_a_request_larger_than_the_pipe_is_written_whole(jail: JailIsolate) -> N
     assert result.files[0].content == content
 
 
-def test_the_loop_keeps_running_while_the_jail_runs(jail: JailIsolate) -> None:
+def test_the_loop_keeps_running_while_the_jail_runs(jail: JailIsolate, run: RunOnLoop) -> None:
     async def main() -> int:
         ticks = 0
-        run = asyncio.ensure_future(jail.run_on_loop(request(Language.SHELL, "sleep 0.5")))
-        while not run.done():
+        running = asyncio.ensure_future(jail.run_on_loop(request(Language.SHELL, "sleep 0.5")))
+        while not running.done():
             await asyncio.sleep(0.01)
             ticks += 1
-        assert (await run).status is Status.OK
+        assert (await running).status is Status.OK
         return ticks
 
-    assert asyncio.run(main()) >= 20
+    assert run(main()) >= 20
 
 
-def test_streamed_output_does_not_hold_the_loop(jail: JailIsolate) -> None:
+def test_streamed_output_does_not_hold_the_loop(jail: JailIsolate, run: RunOnLoop) -> None:
     # A program streaming 8 MB as fast as it can: the loop must run other tasks between the
     # chunks it relays, not drain the pipe for as long as the jail keeps it full.
     async def main() -> set[int]:
@@ -102,24 +125,24 @@ def test_streamed_output_does_not_hold_the_loop(jail: JailIsolate) -> None:
         assert result.status is Status.OK and result.stdout_total_bytes == 8_000_000
         return seen
 
-    assert len(asyncio.run(main())) > 1
+    assert len(run(main())) > 1
 
 
-def test_a_cancelled_await_stops_the_jail(jail: JailIsolate) -> None:
+def test_a_cancelled_await_stops_the_jail(jail: JailIsolate, run: RunOnLoop) -> None:
     async def main() -> None:
-        run = asyncio.ensure_future(jail.run_on_loop(request(
+        running = asyncio.ensure_future(jail.run_on_loop(request(
             Language.SHELL, "echo started; sleep 60", limits=Limits(timeout_s=60))))
         await asyncio.sleep(0.5)
-        run.cancel()
+        running.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await run
+            await running
 
-    asyncio.run(main())
+    run(main())
     # Stopped by the cancellation itself, not by a later destroy().
     assert wait_for_exit(jail._process, 10)
 
 
-def test_a_cancelled_token_ends_cancelled(jail: JailIsolate) -> None:
+def test_a_cancelled_token_ends_cancelled(jail: JailIsolate, run: RunOnLoop) -> None:
     async def main() -> Status:
         cancel = CancelToken()
         asyncio.get_running_loop().call_later(0.3, cancel.cancel)
@@ -127,22 +150,24 @@ def test_a_cancelled_token_ends_cancelled(jail: JailIsolate) -> None:
             request(Language.SHELL, "sleep 60", limits=Limits(timeout_s=60)), cancel=cancel)
         return result.status
 
-    assert asyncio.run(main()) is Status.CANCELLED
+    assert run(main()) is Status.CANCELLED
 
 
-def test_a_jail_killed_under_the_run_ends_with_an_error_not_a_hang(jail: JailIsolate) -> None:
+def test_a_jail_killed_under_the_run_ends_with_an_error_not_a_hang(
+    jail: JailIsolate, run: RunOnLoop
+) -> None:
     async def main() -> Status:
         asyncio.get_running_loop().call_later(0.3, os.kill, jail.pid, signal.SIGKILL)
         result = await jail.run_on_loop(
             request(Language.SHELL, "sleep 60", limits=Limits(timeout_s=60)))
         return result.status
 
-    assert asyncio.run(main()) is Status.INTERNAL_ERROR
+    assert run(main()) is Status.INTERNAL_ERROR
 
 
-def test_the_isolate_stays_single_use(jail: JailIsolate) -> None:
-    asyncio.run(jail.run_on_loop(request(Language.SHELL, "true")))
+def test_the_isolate_stays_single_use(jail: JailIsolate, run: RunOnLoop) -> None:
+    run(jail.run_on_loop(request(Language.SHELL, "true")))
     with pytest.raises(RuntimeError, match="single-use"):
-        asyncio.run(jail.run_on_loop(request(Language.SHELL, "true")))
+        run(jail.run_on_loop(request(Language.SHELL, "true")))
     with pytest.raises(RuntimeError, match="single-use"):
         jail.run(request(Language.SHELL, "true"))

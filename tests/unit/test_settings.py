@@ -16,6 +16,7 @@ def test_defaults_serve_one_machine_without_configuration() -> None:
     assert settings.metrics_port == 9464
     assert settings.data_dir == Path(".sandboxd")
     assert settings.enable_jail is True
+    assert settings.event_loop == "uvloop"
 
 
 def test_environment_variables_set_each_field_by_name() -> None:
@@ -26,6 +27,7 @@ def test_environment_variables_set_each_field_by_name() -> None:
         "SANDBOXD_DATA_DIR": "/var/lib/sandboxd",
         "SANDBOXD_JAIL_PRELOAD": '["json", "csv"]',
         "SANDBOXD_DEFAULT_TIMEOUT_S": "2.5",
+        "SANDBOXD_EVENT_LOOP": "asyncio",
         "UNRELATED": "ignored",
     })
     assert settings.port == 6000
@@ -34,6 +36,7 @@ def test_environment_variables_set_each_field_by_name() -> None:
     assert settings.data_dir == Path("/var/lib/sandboxd")
     assert settings.jail_preload == ("json", "csv")
     assert settings.default_timeout_s == 2.5
+    assert settings.event_loop == "asyncio"
 
 
 @pytest.mark.parametrize("value", ["", "-1", "none", "OFF"])
@@ -53,6 +56,7 @@ def test_overrides_win_over_the_environment() -> None:
     ("SANDBOXD_PORT", "70000", "port"),
     ("SANDBOXD_POOL_JAIL", "many", "pool_jail"),
     ("SANDBOXD_JAIL_PRELOAD", "numpy", "jail_preload"),
+    ("SANDBOXD_EVENT_LOOP", "trio", "event_loop"),
 ])
 def test_a_bad_environment_value_names_its_field(variable: str, value: str, field: str) -> None:
     with pytest.raises(ValidationError) as caught:
