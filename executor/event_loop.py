@@ -5,8 +5,9 @@ completion-queue thread wakes it through a socket for the call and again for its
 warm jail's result arrives on a pipe it watches, a worker thread hands a wasm result back with
 `call_soon_threadsafe`. After an idle pause each of those turns of the standard loop's Python
 code runs with cold caches; uvloop's are compiled. Two servers side by side, one client taking
-turns between them with calls paced 0.1 s apart (4 comparisons of 80-100 rounds, both orders),
-uvloop made a warm jail's `Execute` 0.11-0.35 ms faster and a Health check 0.06-0.12 ms.
+turns between them with calls paced 0.1 s apart (6 comparisons of 80-100 rounds, each order
+three times), uvloop made a warm jail's `Execute` 0.10-0.35 ms faster in every comparison and a
+Health check 0.05-0.12 ms.
 
 `SANDBOXD_EVENT_LOOP=asyncio` selects the standard loop, which serves the same API.
 """
