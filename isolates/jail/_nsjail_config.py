@@ -179,7 +179,10 @@ def _mounts(settings: JailSettings, facet_dir: Path | None) -> list[MountPt]:
         mounts.append(MountPt(src=device, dst=device, is_bind=True, rw=True, is_dir=False,
                               nosuid=True))
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("shm", "/tmp")):
+        # /dev/shm, where POSIX shared memory and semaphores live (multiprocessing's locks),
+        # is the jail's /tmp: under its size cap, charged to the jail's memory cgroup.
         mounts.append(MountPt(src=target, dst=f"/dev/{name}", is_symlink=True))
     mounts.append(MountPt(dst="/proc", fstype="proc", is_dir=True, nosuid=True, nodev=True,
                           noexec=True))

@@ -74,6 +74,44 @@ def test_python_thread_left_running_does_not_hold_the_result(factory: JailFactor
     assert (result.status, result.exit_code, result.stdout) == (Status.OK, 0, b"x\n")
 
 
+def test_python_program_starts_as_under_python3_c(factory: JailFactory) -> None:
+    # The child rehearses a run before the request arrives (print(1) included): none of it may
+    # show, neither in the output nor in what the program finds in `sys` and `__main__`.
+    code = (
+        "import sys, __main__\n"
+        "print(sys.argv, sys.path.count(''), sys.path[0] == '')\n"
+        "print(sorted(k for k in vars(__main__) if not k.startswith('__')))\n"
+    )
+    result = run(factory, language=Language.PYTHON, code=code)
+    assert result.status is Status.OK, result
+    assert result.stdout == b"['-c'] 1 True\n['sys']\n"
+    assert result.stdout_total_bytes == len(result.stdout) and result.stderr == b""
+
+
+def test_python_top_level_definitions_pickle_as_under_python3_c(factory: JailFactory) -> None:
+    # pickle finds a function or class by its module, here `__main__`: the program's own.
+    code = (
+        "import pickle\n"
+        "def f(): return 42\n"
+        "class C: pass\n"
+        "print(pickle.loads(pickle.dumps(f))(), type(pickle.loads(pickle.dumps(C()))).__name__)\n"
+    )
+    result = run(factory, language=Language.PYTHON, code=code)
+    assert (result.status, result.stdout, result.stderr) == (Status.OK, b"42 C\n", b""), result
+
+
+def test_python_multiprocessing_pool(factory: JailFactory) -> None:
+    # The pool's locks are POSIX semaphores in /dev/shm, and its workers run a function of
+    # `__main__`, found by name.
+    code = (
+        "import multiprocessing\n"
+        "def square(x): return x * x\n"
+        "with multiprocessing.Pool(2) as pool: print(pool.map(square, [1, 2, 3]))\n"
+    )
+    result = run(factory, language=Language.PYTHON, code=code)
+    assert (result.status, result.stdout, result.stderr) == (Status.OK, b"[1, 4, 9]\n", b""), result
+
+
 def test_python_runs_system_python_as_unprivileged_user(factory: JailFactory) -> None:
     code = "import os, sys; print(sys.executable, os.getuid(), os.getgid(), os.getcwd())"
     result = run(factory, language=Language.PYTHON, code=code)
