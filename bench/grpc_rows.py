@@ -15,14 +15,14 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from bench.stats import Row, cpu_seconds, summarize
 from sandboxd import AsyncClient, Client, ResourceExhaustedError, SandboxdError
 
-__all__ = ["rows", "served"]
+__all__ = ["around_name", "python_subprocess_baseline", "rows", "served"]
 
 GROUP = "grpc"
 
@@ -163,8 +163,10 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
                              _health_checks(target, n)))
         out.append(summarize(GROUP, "gRPC floor: Health check, paced 0.1 s, c=1",
                              _health_checks(target, max(20, n // 5), pause_s=0.1)))
-        out.append(summarize(GROUP, "Execute print(1) wasm python, c=1",
-                             _sequential(target, n, "print(1)", "python", "wasm")))
+        samples, baseline = _around(
+            "gRPC wasm python c=1", lambda: _sequential(target, n, "print(1)", "python", "wasm"),
+            quick)
+        out += [summarize(GROUP, "Execute print(1) wasm python, c=1", samples), baseline]
         out.append(summarize(GROUP, "Execute print(1) wasm python, calls 2-4 of bursts of 4 "
                              "after 0.3 s quiet, c=1", _bursts(target, 12 if quick else 40)))
         out.append(summarize(GROUP, "Execute console.log(1) wasm javascript, c=1",
@@ -181,7 +183,7 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
                                  server_cpu_ms=server_cpu_ms,
                                  note=f"server CPU {server_cpu_ms:.1f} ms per execution"))
         if jail:
-            out += _jail_rows(target, max(20, n // 5))
+            out += _jail_rows(target, max(20, n // 5), quick)
         before = rss_mb(pid)
         executions = 2_000 if quick else 10_000
         asyncio.run(_concurrent(target, executions, 8))
@@ -192,30 +194,62 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
     return out
 
 
-def _jail_rows(target: str, n: int) -> list[Row]:
+def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
     """Jail executions paced so each finds a warm jail, then back to back.
 
     A warm jail serves one execution and a refill takes tens of milliseconds, so calls back to
     back outrun the refills and mostly start cold jails; both figures are reported.
     """
     rows: list[Row] = []
-    for name, pause in (("Execute print(1) jail python (warm), c=1", 0.1),
-                        ("Execute print(1) jail python back to back (refill-bound), c=1", 0.0)):
-        try:
-            rows.append(summarize(GROUP, name, _sequential(target, n, "print(1)", "python",
-                                                           "jail", pause_s=pause)))
-        except (SandboxdError, RuntimeError) as exc:
-            rows.append({"group": GROUP, "name": name, "n": 0, "note": f"unavailable: {exc}"})
+    warm = "Execute print(1) jail python (warm), c=1"
+    try:
+        samples, baseline = _around(
+            "gRPC jail python c=1",
+            lambda: _sequential(target, n, "print(1)", "python", "jail", pause_s=0.1), quick)
+        rows += [summarize(GROUP, warm, samples), baseline]
+    except (SandboxdError, RuntimeError) as exc:
+        rows.append({"group": GROUP, "name": warm, "n": 0, "note": f"unavailable: {exc}"})
+    name = "Execute print(1) jail python back to back (refill-bound), c=1"
+    try:
+        rows.append(summarize(GROUP, name, _sequential(target, n, "print(1)", "python", "jail")))
+    except (SandboxdError, RuntimeError) as exc:
+        rows.append({"group": GROUP, "name": name, "n": 0, "note": f"unavailable: {exc}"})
     return rows
+
+
+def _around(label: str, measure: Callable[[], list[float]],
+            quick: bool) -> tuple[list[float], Row]:
+    """`measure()`'s samples, and the `python3 -c` baseline taken half before, half after it.
+
+    The row named `around_name(label)` is what harness.RATIOS compares the measured row with.
+    The VM's speed drifts within a run: the baseline measured at the start of one run took
+    13.8 ms, the same command a few minutes later 19.7 ms. Measured around the row, the baseline
+    sees the same stretch of time as the row it is compared with.
+    """
+    half = 10 if quick else 25
+    before = _python_subprocess_samples(half)
+    samples = measure()
+    after = _python_subprocess_samples(half)
+    return samples, summarize("baseline", around_name(label), before + after)
+
+
+def around_name(label: str) -> str:
+    """The name of the baseline row measured around the row `label` names."""
+    return f"python3 -c 'print(1)' subprocess, around {label}"
 
 
 def python_subprocess_baseline(quick: bool = False) -> Row:
     """The baseline every isolate is compared with: `python3 -c 'print(1)'` per execution."""
+    return summarize("baseline", "python3 -c 'print(1)' subprocess",
+                     _python_subprocess_samples(20 if quick else 50))
+
+
+def _python_subprocess_samples(n: int) -> list[float]:
+    """Seconds each of `n` runs of `python3 -c 'print(1)'` took (after 2 untimed runs)."""
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    n = 20 if quick else 50
     samples = []
     for _ in range(n + 2):
         started = time.perf_counter()
         subprocess.run([python, "-c", "print(1)"], check=True, stdout=subprocess.DEVNULL)
         samples.append(time.perf_counter() - started)
-    return summarize("baseline", "python3 -c 'print(1)' subprocess", samples[2:])
+    return samples[2:]

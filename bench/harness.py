@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench.grpc_rows import around_name
 from bench.stats import Row
 
 __all__ = ["GROUPS", "run", "run_cli"]
@@ -29,11 +30,11 @@ GROUPS = ("baseline", "wasm", "grpc", "jail", "artifacts", "facets")
 """Groups in run order; each is the module bench/<group>_rows.py."""
 
 RATIOS = (
-    # (label, row measured, baseline row, metric)
+    # (label, row measured, baseline row, metric): the baseline measured around the row.
     ("gRPC wasm python c=1 vs python3 -c", "Execute print(1) wasm python, c=1",
-     "python3 -c 'print(1)' subprocess", "p50_ms"),
+     around_name("gRPC wasm python c=1"), "p50_ms"),
     ("gRPC jail python c=1 vs python3 -c", "Execute print(1) jail python (warm), c=1",
-     "python3 -c 'print(1)' subprocess", "p50_ms"),
+     around_name("gRPC jail python c=1"), "p50_ms"),
 )
 
 

@@ -1,0 +1,30 @@
+"""The bench's ratio rows compare each gRPC c=1 row with the baseline measured around it."""
+
+from __future__ import annotations
+
+from bench.grpc_rows import around_name
+from bench.harness import _ratios
+from bench.stats import Row
+
+
+def _row(group: str, name: str, p50_ms: float) -> Row:
+    return {"group": group, "name": name, "n": 10, "p50_ms": p50_ms}
+
+
+def test_grpc_rows_are_compared_with_the_baseline_around_them() -> None:
+    results = [
+        _row("baseline", "python3 -c 'print(1)' subprocess", 14.0),
+        _row("grpc", "Execute print(1) jail python (warm), c=1", 5.0),
+        _row("baseline", around_name("gRPC jail python c=1"), 20.0),
+        _row("grpc", "Execute print(1) wasm python, c=1", 4.0),
+        _row("baseline", around_name("gRPC wasm python c=1"), 16.0),
+    ]
+    ratios = {row["name"]: row["ratio"] for row in _ratios(results)}
+    assert ratios == {"gRPC jail python c=1 vs python3 -c": 4.0,
+                      "gRPC wasm python c=1 vs python3 -c": 4.0}
+
+
+def test_no_ratio_without_its_baseline() -> None:
+    results = [_row("grpc", "Execute print(1) jail python (warm), c=1", 5.0),
+               _row("baseline", "python3 -c 'print(1)' subprocess", 14.0)]
+    assert _ratios(results) == []
