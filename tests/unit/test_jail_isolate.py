@@ -9,6 +9,7 @@ import pytest
 
 from isolates.base import ExecutionRequest, InputFile, Language, Status
 from isolates.jail import JailFactory
+from tests import python3_c
 
 
 @pytest.fixture(scope="module")
@@ -74,30 +75,27 @@ def test_python_thread_left_running_does_not_hold_the_result(factory: JailFactor
     assert (result.status, result.exit_code, result.stdout) == (Status.OK, 0, b"x\n")
 
 
-def test_python_program_starts_as_under_python3_c(factory: JailFactory) -> None:
-    # The child rehearses a run before the request arrives (print(1) included): none of it may
-    # show, neither in the output nor in what the program finds in `sys` and `__main__`.
-    code = (
-        "import sys, __main__\n"
-        "print(sys.argv, sys.path.count(''), sys.path[0] == '')\n"
-        "print(sorted(k for k in vars(__main__) if not k.startswith('__')))\n"
-    )
-    result = run(factory, language=Language.PYTHON, code=code)
-    assert result.status is Status.OK, result
-    assert result.stdout == b"['-c'] 1 True\n['sys']\n"
-    assert result.stdout_total_bytes == len(result.stdout) and result.stderr == b""
+@python3_c.cases
+def test_python_runs_as_under_python3_c(factory: JailFactory, case: python3_c.Case) -> None:
+    result = run(factory, language=Language.PYTHON, code=case.code,
+                 output_paths=tuple(case.returned),
+                 files=tuple(InputFile(path=p, content=c) for p, c in case.files.items()))
+    assert (result.status, result.stdout, result.stderr) == (Status.OK, case.stdout, b""), result
+    assert {f.path: f.content for f in result.files} == case.returned
 
 
-def test_python_top_level_definitions_pickle_as_under_python3_c(factory: JailFactory) -> None:
-    # pickle finds a function or class by its module, here `__main__`: the program's own.
+def test_python_exit_waits_for_threads_and_runs_atexit(factory: JailFactory) -> None:
+    # As at the exit of `python3 -c`: non-daemon threads finish, then atexit callbacks run.
     code = (
-        "import pickle\n"
-        "def f(): return 42\n"
-        "class C: pass\n"
-        "print(pickle.loads(pickle.dumps(f))(), type(pickle.loads(pickle.dumps(C()))).__name__)\n"
+        "import atexit, threading, time\n"
+        "atexit.register(print, 'atexit')\n"
+        "def work(): time.sleep(0.2); print('thread')\n"
+        "threading.Thread(target=work).start()\n"
+        "print('main')\n"
     )
     result = run(factory, language=Language.PYTHON, code=code)
-    assert (result.status, result.stdout, result.stderr) == (Status.OK, b"42 C\n", b""), result
+    assert (result.status, result.stdout, result.stderr) == (
+        Status.OK, b"main\nthread\natexit\n", b""), result
 
 
 def test_python_multiprocessing_pool(factory: JailFactory) -> None:

@@ -21,6 +21,7 @@ from isolates.base import (
     Status,
 )
 from isolates.wasm import PythonFactory, PythonIsolate, ensure_runtimes
+from tests import python3_c
 
 STDLIB = [
     "json", "re", "sqlite3", "decimal", "fractions", "datetime", "email", "html",
@@ -54,6 +55,14 @@ def test_print(factory: PythonFactory) -> None:
         b"",
     )
     assert result.stdout_total_bytes == 3 and not result.stdout_truncated
+
+
+@python3_c.cases
+def test_python_runs_as_under_python3_c(factory: PythonFactory, case: python3_c.Case) -> None:
+    result = run(factory, case.code, output_paths=tuple(case.returned),
+                 files=tuple(InputFile(path=p, content=c) for p, c in case.files.items()))
+    assert (result.status, result.stdout, result.stderr) == (Status.OK, case.stdout, b""), result
+    assert {f.path: f.content for f in result.files} == case.returned
 
 
 @pytest.mark.parametrize("module", STDLIB)

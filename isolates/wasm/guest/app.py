@@ -16,6 +16,7 @@ produced; passing the cap calls the host's `overflow` import, which stops the gu
 result of `run`.
 """
 
+import atexit
 import gc
 import io
 import linecache as _linecache
@@ -307,66 +308,113 @@ class WitWorld(wit_world.WitWorld):
             # Walk the request path once, printing included, so that its pages are touched
             # before the isolate is pooled (a first touch of a snapshot page costs a copy).
             # What does not depend on the instance was set up at build time.
-            self.run(_WARM_UP, "", [], [], _CWD, 1 << 20)
+            _run(_WARM_UP, "", [], [], _CWD, 1 << 20, as_program=False)
 
     def run(
         self, code: str, stdin: str, env: list[str], argv: list[str], cwd: str, output_cap: int
     ) -> str:
-        out, err = _OUT, _ERR
-        for sink in (out, err):
-            sink.cap = output_cap
-            sink.total = sink.kept = 0
-            sink.pending.clear()
-            sink.last_flush = time.monotonic()
-        if stdin:
-            sys.stdin = io.TextIOWrapper(
-                io.BytesIO(stdin.encode("latin-1")), encoding="utf-8", errors="replace"
-            )
-        sys.argv = list(argv) or ["-c"]
-        if env:
-            os.environ.update(entry.split("=", 1) for entry in env)
-        ending, exit_code, message = "ok", 0, ""
-        try:
-            if cwd != _CWD:
-                import tempfile
+        return _run(code, stdin, env, argv, cwd, output_cap, as_program=True)
 
-                os.chdir(cwd)
-                tempfile.tempdir = cwd
-            # Registered so that tracebacks show the user's source lines.
-            _linecache.cache[_FILENAME] = (len(code), None, code.splitlines(True), _FILENAME)
-            namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-            exec(compile(code, _FILENAME, "exec", dont_inherit=True), namespace)
-        except _OutputOverflow:
-            ending, exit_code, message = "exit", 1, "output limit"
-        except SystemExit as exc:
-            code_ = exc.code
-            if code_ is None:
-                exit_code = 0
-            elif isinstance(code_, int):
-                exit_code = code_ % 256
-            else:
-                _safe_write(sys.stderr, f"{code_}\n")
-                exit_code = 1
-            ending = "exit"
-        except MemoryError as exc:
-            ending, exit_code, message = "memory", 1, "MemoryError"
-            _safe_write(sys.stderr, _safe_format(exc))
-        except BaseException as exc:  # noqa: BLE001 - every user exception is a result
-            ending, exit_code = "exception", 1
-            message = f"{type(exc).__name__}: {exc}"[:1000]
-            _safe_write(sys.stderr, _safe_format(exc))
-        for stream in (sys.stdout, sys.stderr):
-            if not isinstance(stream, _TextStream):
-                try:
-                    stream.flush()  # the user's own wrapper may hold buffered output
-                except BaseException:  # noqa: BLE001
-                    pass
-        # What is still pending travels back in the result: a host call per stream would cost
-        # more than the whole rest of a small execution.
-        out_tail = out.take_pending()
-        err_tail = err.take_pending()
-        header = f"{ending} {exit_code} {out.total} {err.total} {len(out_tail)} {len(err_tail)}"
-        return f"{header}\n{out_tail}{err_tail}{message}"
+
+def _run(
+    code: str, stdin: str, env: list[str], argv: list[str], cwd: str, output_cap: int, *,
+    as_program: bool,
+) -> str:
+    """Run `code`; `as_program` for the request's program, False for a warm-up run.
+
+    A program runs as under `python3 -c` (`_main_namespace`, `_at_exit`). A warm-up run leaves
+    `sys.path`, `sys.modules` and the atexit callbacks as they were.
+    """
+    out, err = _OUT, _ERR
+    for sink in (out, err):
+        sink.cap = output_cap
+        sink.total = sink.kept = 0
+        sink.pending.clear()
+        sink.last_flush = time.monotonic()
+    if stdin:
+        sys.stdin = io.TextIOWrapper(
+            io.BytesIO(stdin.encode("latin-1")), encoding="utf-8", errors="replace"
+        )
+    sys.argv = list(argv) or ["-c"]
+    if env:
+        os.environ.update(entry.split("=", 1) for entry in env)
+    ending, exit_code, message = "ok", 0, ""
+    namespace: dict[str, object] = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        if cwd != _CWD:
+            import tempfile
+
+            os.chdir(cwd)
+            tempfile.tempdir = cwd
+        # Registered so that tracebacks show the user's source lines.
+        _linecache.cache[_FILENAME] = (len(code), None, code.splitlines(True), _FILENAME)
+        if as_program:
+            namespace = _main_namespace()
+        exec(compile(code, _FILENAME, "exec", dont_inherit=True), namespace)
+    except _OutputOverflow:
+        ending, exit_code, message = "exit", 1, "output limit"
+    except SystemExit as exc:
+        code_ = exc.code
+        if code_ is None:
+            exit_code = 0
+        elif isinstance(code_, int):
+            exit_code = code_ % 256
+        else:
+            _safe_write(sys.stderr, f"{code_}\n")
+            exit_code = 1
+        ending = "exit"
+    except MemoryError as exc:
+        ending, exit_code, message = "memory", 1, "MemoryError"
+        _safe_write(sys.stderr, _safe_format(exc))
+    except BaseException as exc:  # noqa: BLE001 - every user exception is a result
+        ending, exit_code = "exception", 1
+        message = f"{type(exc).__name__}: {exc}"[:1000]
+        _safe_write(sys.stderr, _safe_format(exc))
+    if as_program:
+        _at_exit(namespace)
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, _TextStream):
+            try:
+                stream.flush()  # the user's own wrapper may hold buffered output
+            except BaseException:  # noqa: BLE001
+                pass
+    # What is still pending travels back in the result: a host call per stream would cost
+    # more than the whole rest of a small execution.
+    out_tail = out.take_pending()
+    err_tail = err.take_pending()
+    header = f"{ending} {exit_code} {out.total} {err.total} {len(out_tail)} {len(err_tail)}"
+    return f"{header}\n{out_tail}{err_tail}{message}"
+
+
+def _main_namespace() -> dict[str, object]:
+    """The globals of a program run as under `python3 -c`.
+
+    A new `__main__` module that `sys.modules` holds, so what the program defines at top level
+    can be found there (pickle looks functions up by module), and `''`, the working directory,
+    first on `sys.path`, so the program imports modules from its own files.
+    """
+    sys.path.insert(0, "")
+    main = type(sys)("__main__")
+    main.__dict__.update(
+        __builtins__=__builtins__, __annotations__={},
+        __loader__=getattr(sys.modules.get("__main__"), "__loader__", None),
+    )
+    sys.modules["__main__"] = main
+    return main.__dict__
+
+
+def _at_exit(namespace: dict[str, object]) -> None:
+    """What the interpreter's exit does that a program can see, in `python3 -c`'s order.
+
+    Its atexit callbacks run (what they raise is printed, as at exit), then its globals are
+    released, which flushes and closes the files it left open. A WASI guest has no threads to
+    wait for.
+    """
+    try:
+        atexit._run_exitfuncs()
+        namespace.clear()
+    except BaseException:  # noqa: BLE001 - the output limit, or a __del__ that raised
+        pass
 
 
 def _safe_format(exc: BaseException) -> str:
@@ -430,7 +478,7 @@ _set_up_process()
 _flush_seconds = _FLUSH_SECONDS
 _FLUSH_SECONDS = float("inf")  # no host call at build time: the host is not there yet
 try:
-    WitWorld().run(_WARM_UP, "", [], [], os.getcwd(), 1 << 20)
+    _run(_WARM_UP, "", [], [], os.getcwd(), 1 << 20, as_program=False)
 finally:
     _FLUSH_SECONDS = _flush_seconds
     _set_up_process()

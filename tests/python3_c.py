@@ -1,0 +1,55 @@
+"""Programs whose output shows whether an isolate runs Python as `python3 -c` would.
+
+Both Python isolates (WASM and JAIL) run each case and must print what `python3 -c` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Case:
+    """A program, the files it is given and returns, and what `python3 -c` makes of it."""
+
+    code: str
+    stdout: bytes
+    files: dict[str, bytes] = field(default_factory=dict)
+    returned: dict[str, bytes] = field(default_factory=dict)
+    """Output files requested, with the content `python3 -c` leaves in them."""
+
+
+CASES = {
+    # An isolate's own warm-up run before the request must not show.
+    "starts-clean": Case(
+        "import sys, __main__\n"
+        "print(sys.argv, sys.path.count(''), sys.path[0] == '')\n"
+        "print(sorted(k for k in vars(__main__) if not k.startswith('__')))\n",
+        b"['-c'] 1 True\n['sys']\n",
+    ),
+    "imports-own-files": Case(
+        "import helper\nprint(helper.ANSWER)\n", b"42\n", files={"helper.py": b"ANSWER = 42\n"},
+    ),
+    # pickle finds a function or class through its module, `__main__`.
+    "pickles-top-level": Case(
+        "import pickle\n"
+        "def f(): return 42\n"
+        "class C: pass\n"
+        "print(pickle.loads(pickle.dumps(f))(), type(pickle.loads(pickle.dumps(C()))).__name__)\n",
+        b"42 C\n",
+    ),
+    "exit-runs-atexit-and-flushes-open-files": Case(
+        "import atexit\n"
+        "atexit.register(print, 'atexit')\n"
+        "f = open('out.txt', 'w')\n"
+        "f.write('data')\n"
+        "print('main')\n",
+        b"main\natexit\n",
+        returned={"out.txt": b"data"},
+    ),
+}
+
+cases = pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+"""Parametrizes a test over `CASES` as its `case` argument."""

@@ -1,0 +1,19 @@
+"""The expectations of tests/python3_c.py are what `python3 -c` itself does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import python3_c
+
+
+@python3_c.cases
+def test_case_matches_python3_c(tmp_path: Path, case: python3_c.Case) -> None:
+    for path, content in case.files.items():
+        (tmp_path / path).write_bytes(content)
+    done = subprocess.run([sys.executable, "-c", case.code], cwd=tmp_path, capture_output=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, case.stdout, b"")
+    assert {path: (tmp_path / path).read_bytes() for path in case.returned} == case.returned
