@@ -244,13 +244,15 @@ def _read_output(path: str, cap: int) -> dict[str, Any]:
     return result
 
 
-def _run_python(code: str, *, at_exit: bool = True) -> int:
+def _run_python(code: str, *, rehearsal: bool = False) -> int:
     """Run Python source in this (forked) process like `python3 -c`; return the exit code.
 
     The program runs in a new `__main__` module, with the attributes `python3 -c` gives it, and
     finds that module in `sys.modules`: what it defines at top level can be looked up there
     (pickle finds functions and classes that way), and the driver's own module is out of sight.
-    With `at_exit`, its end is the interpreter's exit as a program sees it (`_at_exit`).
+    Its end is the interpreter's exit as a program sees it (`_at_exit`), but for a `rehearsal`
+    (`_warm_up`), which waits for no thread and runs no atexit callback: those of modules the
+    operator preloads would otherwise run before the request.
     """
     sys.argv = ["-c"]
     sys.path.insert(0, "")
@@ -273,8 +275,7 @@ def _run_python(code: str, *, at_exit: bool = True) -> int:
     except BaseException as exc:  # the user's exception, reported like CPython does
         _print_exception(exc)
         status = 1
-    if at_exit:
-        _at_exit(namespace)
+    _at_exit(namespace, program_end=not rehearsal)
     for stream in (sys.stdout, sys.stderr):
         # A closed or broken stream must not change the exit code.
         try:
@@ -284,22 +285,24 @@ def _run_python(code: str, *, at_exit: bool = True) -> int:
     return status
 
 
-def _at_exit(namespace: dict[str, Any]) -> None:
+def _at_exit(namespace: dict[str, Any], *, program_end: bool) -> None:
     """What the interpreter's exit does that a program can see, in `python3 -c`'s order.
 
-    Wait for the program's non-daemon threads, run its atexit callbacks, then release its
-    globals, which flushes and closes the files it left open. The globals stay when a daemon
-    thread still runs, which could be using them (the interpreter stops such threads first).
+    At a `program_end`, wait for the program's non-daemon threads and run its atexit callbacks;
+    then release its globals, which flushes and closes the files it left open. The globals stay
+    when a daemon thread still runs, which could be using them (the interpreter stops such
+    threads first).
     The child then ends with `os._exit`: the rest of an interpreter's shutdown, in a process
     forked from the driver, would finalize the driver's objects and change nothing visible.
     """
     threading = sys.modules.get("threading")
-    try:
-        if threading is not None:
-            threading._shutdown()  # what the interpreter calls at exit
-        atexit._run_exitfuncs()  # prints what a callback raises, as at exit
-    except BaseException as exc:
-        _print_exception(exc)
+    if program_end:
+        try:
+            if threading is not None:
+                threading._shutdown()  # what the interpreter calls at exit
+            atexit._run_exitfuncs()  # prints what a callback raises, as at exit
+        except BaseException as exc:
+            _print_exception(exc)
     if _single_threaded():
         namespace.clear()
 
@@ -397,8 +400,7 @@ def _warm_up() -> None:
     os.environ.clear()
     os.environ.update(environment)
     argv, main = sys.argv, sys.modules["__main__"]
-    # Without the exit's steps: they would run the atexit callbacks of preloaded modules now.
-    _run_python(request["code"], at_exit=False)
+    _run_python(request["code"], rehearsal=True)
     sys.argv, sys.modules["__main__"] = argv, main
     del sys.path[0]  # the "" that `_run_python` put first
     _single_threaded()
