@@ -163,10 +163,8 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
                              _health_checks(target, n)))
         out.append(summarize(GROUP, "gRPC floor: Health check, paced 0.1 s, c=1",
                              _health_checks(target, max(20, n // 5), pause_s=0.1)))
-        samples, baseline = _around(
-            "gRPC wasm python c=1", lambda: _sequential(target, n, "print(1)", "python", "wasm"),
-            quick)
-        out += [summarize(GROUP, "Execute print(1) wasm python, c=1", samples), baseline]
+        out += _around("Execute print(1) wasm python, c=1", "gRPC wasm python c=1",
+                       lambda: _sequential(target, n, "print(1)", "python", "wasm"), quick)
         out.append(summarize(GROUP, "Execute print(1) wasm python, calls 2-4 of bursts of 4 "
                              "after 0.3 s quiet, c=1", _bursts(target, 12 if quick else 40)))
         out.append(summarize(GROUP, "Execute console.log(1) wasm javascript, c=1",
@@ -201,28 +199,27 @@ def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
     back outrun the refills and mostly start cold jails; both figures are reported.
     """
     rows: list[Row] = []
-    warm = "Execute print(1) jail python (warm), c=1"
-    try:
-        samples, baseline = _around(
-            "gRPC jail python c=1",
-            lambda: _sequential(target, n, "print(1)", "python", "jail", pause_s=0.1), quick)
-        rows += [summarize(GROUP, warm, samples), baseline]
-    except (SandboxdError, RuntimeError) as exc:
-        rows.append({"group": GROUP, "name": warm, "n": 0, "note": f"unavailable: {exc}"})
-    name = "Execute print(1) jail python back to back (refill-bound), c=1"
-    try:
-        rows.append(summarize(GROUP, name, _sequential(target, n, "print(1)", "python", "jail")))
-    except (SandboxdError, RuntimeError) as exc:
-        rows.append({"group": GROUP, "name": name, "n": 0, "note": f"unavailable: {exc}"})
+    for name, pause in (("Execute print(1) jail python (warm), c=1", 0.1),
+                        ("Execute print(1) jail python back to back (refill-bound), c=1", 0.0)):
+        def measure(pause: float = pause) -> list[float]:
+            return _sequential(target, n, "print(1)", "python", "jail", pause_s=pause)
+
+        try:
+            # The paced row is the one compared with `python3 -c` (harness.RATIOS).
+            rows += (_around(name, "gRPC jail python c=1", measure, quick) if pause
+                     else [summarize(GROUP, name, measure())])
+        except (SandboxdError, RuntimeError) as exc:
+            rows.append({"group": GROUP, "name": name, "n": 0, "note": f"unavailable: {exc}"})
     return rows
 
 
-def _around(label: str, measure: Callable[[], list[float]],
-            quick: bool) -> tuple[list[float], Row]:
-    """`measure()`'s samples, and the `python3 -c` baseline taken half before, half after it.
+def _around(name: str, label: str, measure: Callable[[], list[float]],
+            quick: bool) -> list[Row]:
+    """The row `name` of `measure()`'s samples, and a `python3 -c` baseline around it.
 
-    The row named `around_name(label)` is what harness.RATIOS compares the measured row with.
-    The VM's speed drifts within a run: the baseline measured at the start of one run took
+    The baseline is taken half before and half after the row. Its row, named
+    `around_name(label)`, is what harness.RATIOS compares the measured row with. The VM's speed
+    drifts within a run: the baseline measured at the start of one run took
     13.8 ms, the same command a few minutes later 19.7 ms. Measured around the row, the baseline
     sees the same stretch of time as the row it is compared with.
     """
@@ -230,7 +227,8 @@ def _around(label: str, measure: Callable[[], list[float]],
     before = _python_subprocess_samples(half)
     samples = measure()
     after = _python_subprocess_samples(half)
-    return samples, summarize("baseline", around_name(label), before + after)
+    return [summarize(GROUP, name, samples),
+            summarize("baseline", around_name(label), before + after)]
 
 
 def around_name(label: str) -> str:

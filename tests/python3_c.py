@@ -1,6 +1,8 @@
 """Programs whose output shows whether an isolate runs Python as `python3 -c` would.
 
-Both Python isolates (WASM and JAIL) run each case and must print what `python3 -c` prints.
+Both Python isolates (WASM and JAIL) run each case of `CASES` and must print what `python3 -c`
+prints; JAIL isolates also run `NATIVE_CASES`, which need threads or processes (WASI has
+neither).
 """
 
 from __future__ import annotations
@@ -51,5 +53,32 @@ CASES = {
     ),
 }
 
-cases = pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+NATIVE_CASES = {
+    # As at the exit of `python3 -c`: non-daemon threads finish, then atexit callbacks run.
+    "exit-waits-for-threads": Case(
+        "import atexit, threading, time\n"
+        "atexit.register(print, 'atexit')\n"
+        "def work(): time.sleep(0.2); print('thread')\n"
+        "threading.Thread(target=work).start()\n"
+        "print('main')\n",
+        b"main\nthread\natexit\n",
+    ),
+    # The pool's locks are POSIX semaphores in /dev/shm, and its workers run a function of
+    # `__main__`, found by name.
+    "multiprocessing-pool": Case(
+        "import multiprocessing\n"
+        "def square(x): return x * x\n"
+        "with multiprocessing.Pool(2) as pool: print(pool.map(square, [1, 2, 3]))\n",
+        b"[1, 4, 9]\n",
+    ),
+}
+
+
+def _parametrize(named: dict[str, Case]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("case", list(named.values()), ids=list(named))
+
+
+cases = _parametrize(CASES)
 """Parametrizes a test over `CASES` as its `case` argument."""
+all_cases = _parametrize(CASES | NATIVE_CASES)
+"""Parametrizes a test over `CASES` and `NATIVE_CASES`."""

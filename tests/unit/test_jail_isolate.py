@@ -75,39 +75,13 @@ def test_python_thread_left_running_does_not_hold_the_result(factory: JailFactor
     assert (result.status, result.exit_code, result.stdout) == (Status.OK, 0, b"x\n")
 
 
-@python3_c.cases
+@python3_c.all_cases
 def test_python_runs_as_under_python3_c(factory: JailFactory, case: python3_c.Case) -> None:
     result = run(factory, language=Language.PYTHON, code=case.code,
                  output_paths=tuple(case.returned),
                  files=tuple(InputFile(path=p, content=c) for p, c in case.files.items()))
     assert (result.status, result.stdout, result.stderr) == (Status.OK, case.stdout, b""), result
     assert {f.path: f.content for f in result.files} == case.returned
-
-
-def test_python_exit_waits_for_threads_and_runs_atexit(factory: JailFactory) -> None:
-    # As at the exit of `python3 -c`: non-daemon threads finish, then atexit callbacks run.
-    code = (
-        "import atexit, threading, time\n"
-        "atexit.register(print, 'atexit')\n"
-        "def work(): time.sleep(0.2); print('thread')\n"
-        "threading.Thread(target=work).start()\n"
-        "print('main')\n"
-    )
-    result = run(factory, language=Language.PYTHON, code=code)
-    assert (result.status, result.stdout, result.stderr) == (
-        Status.OK, b"main\nthread\natexit\n", b""), result
-
-
-def test_python_multiprocessing_pool(factory: JailFactory) -> None:
-    # The pool's locks are POSIX semaphores in /dev/shm, and its workers run a function of
-    # `__main__`, found by name.
-    code = (
-        "import multiprocessing\n"
-        "def square(x): return x * x\n"
-        "with multiprocessing.Pool(2) as pool: print(pool.map(square, [1, 2, 3]))\n"
-    )
-    result = run(factory, language=Language.PYTHON, code=code)
-    assert (result.status, result.stdout, result.stderr) == (Status.OK, b"[1, 4, 9]\n", b""), result
 
 
 def test_python_runs_system_python_as_unprivileged_user(factory: JailFactory) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests import python3_c
 
 
-@python3_c.cases
+@python3_c.all_cases
 def test_case_matches_python3_c(tmp_path: Path, case: python3_c.Case) -> None:
     for path, content in case.files.items():
         (tmp_path / path).write_bytes(content)

@@ -73,6 +73,12 @@ with a single thread left."""
 SIGKILL, SIGCHLD, SIGSYS = _signal.SIGKILL, _signal.SIGCHLD, _signal.SIGSYS
 
 _INFINITY = float("inf")
+REHEARSAL: dict[str, Any] = {
+    "language": "python", "code": "print(1)", "argv": [], "stdin": b"", "env": {"K": "V"},
+    "files": [], "output_paths": [], "timeout_s": 1.0, "cpu_s": None, "output_bytes": 1,
+    "stream": False,
+}
+"""A request of the host's shape, which the child and the driver rehearse before READY."""
 
 
 def _import_driver_modules() -> None:
@@ -124,7 +130,15 @@ def _frame(fd: int, message: dict[str, Any]) -> None:
 
 
 def _encode_frame(message: dict[str, Any]) -> bytes:
-    body = _dumps(message).encode("ascii")
+    return _length_prefixed(_dumps(message).encode("ascii"))
+
+
+def _marshal_frame(message: dict[str, Any]) -> bytes:
+    """A REQUEST or CONTROL frame: `message` in `marshal` (version 4), length-prefixed."""
+    return _length_prefixed(marshal.dumps(message, 4))
+
+
+def _length_prefixed(body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
@@ -244,21 +258,25 @@ def _read_output(path: str, cap: int) -> dict[str, Any]:
     return result
 
 
-def _run_python(code: str, *, rehearsal: bool = False) -> int:
-    """Run Python source in this (forked) process like `python3 -c`; return the exit code.
+def _run_python(code: str, *, rehearsal: bool = False) -> tuple[int, bool]:
+    """Run Python source in this (forked) process like `python3 -c`.
+
+    Returns the exit code, and whether the program ended with this thread as its only one
+    (nothing of it can run after that: only this thread could have started another).
 
     The program runs in a new `__main__` module, with the attributes `python3 -c` gives it, and
     finds that module in `sys.modules`: what it defines at top level can be looked up there
     (pickle finds functions and classes that way), and the driver's own module is out of sight.
     Its end is the interpreter's exit as a program sees it (`_at_exit`), but for a `rehearsal`
-    (`_warm_up`), which waits for no thread and runs no atexit callback: those of modules the
-    operator preloads would otherwise run before the request.
+    (`_warm_up`), which waits for no thread, runs no atexit callback (those of modules the
+    operator preloads would otherwise run before the request) and puts `sys` back as it was.
     """
+    argv, previous_main = sys.argv, sys.modules["__main__"]
     sys.argv = ["-c"]
     sys.path.insert(0, "")
     main = type(sys)("__main__")
     namespace: dict[str, Any] = vars(main)
-    namespace.update(__loader__=getattr(sys.modules["__main__"], "__loader__", None),
+    namespace.update(__loader__=getattr(previous_main, "__loader__", None),
                      __annotations__={}, __builtins__=builtins)
     sys.modules["__main__"] = main
     try:
@@ -275,36 +293,42 @@ def _run_python(code: str, *, rehearsal: bool = False) -> int:
     except BaseException as exc:  # the user's exception, reported like CPython does
         _print_exception(exc)
         status = 1
-    _at_exit(namespace, program_end=not rehearsal)
+    alone = _at_exit(namespace, program_end=not rehearsal)
+    if rehearsal:
+        sys.argv, sys.modules["__main__"] = argv, previous_main
+        del sys.path[0]  # the "" put first above
     for stream in (sys.stdout, sys.stderr):
         # A closed or broken stream must not change the exit code.
         try:
             stream.flush()
         except BaseException:
             pass
-    return status
+    return status, alone
 
 
-def _at_exit(namespace: dict[str, Any], *, program_end: bool) -> None:
+def _at_exit(namespace: dict[str, Any], *, program_end: bool) -> bool:
     """What the interpreter's exit does that a program can see, in `python3 -c`'s order.
 
     At a `program_end`, wait for the program's non-daemon threads and run its atexit callbacks;
     then release its globals, which flushes and closes the files it left open. The globals stay
     when a daemon thread still runs, which could be using them (the interpreter stops such
-    threads first).
+    threads first). Returns whether this thread is the process's only one.
+
     The child then ends with `os._exit`: the rest of an interpreter's shutdown, in a process
     forked from the driver, would finalize the driver's objects and change nothing visible.
     """
-    threading = sys.modules.get("threading")
     if program_end:
+        threading = sys.modules.get("threading")
         try:
             if threading is not None:
                 threading._shutdown()  # what the interpreter calls at exit
             atexit._run_exitfuncs()  # prints what a callback raises, as at exit
         except BaseException as exc:
             _print_exception(exc)
-    if _single_threaded():
+    alone = _single_threaded()
+    if alone:
         namespace.clear()
+    return alone
 
 
 def _print_exception(exc: BaseException) -> None:
@@ -380,13 +404,9 @@ def _warm_up() -> None:
     It runs while the jail waits in the pool; its output goes to /dev/null (the child's stdout
     until the request arrives), and what it changes in `sys` is put back.
     """
-    rehearsal = {"language": "python", "code": "print(1)", "argv": [], "stdin": b"",
-                 "env": {"K": "V"}, "files": [], "output_paths": [], "timeout_s": 1.0,
-                 "cpu_s": None, "output_bytes": 1, "stream": False}
-    body = marshal.dumps(rehearsal, 4)
     read_fd, write_fd = os.pipe()
     try:
-        _write_all(write_fd, len(body).to_bytes(4, "big") + body)
+        _write_all(write_fd, _marshal_frame(REHEARSAL))
         request = _read_request(read_fd)
         _write_inputs(request["files"])
         _send_control(write_fd, request, "")
@@ -399,19 +419,14 @@ def _warm_up() -> None:
     environment = dict(os.environ)
     os.environ.clear()
     os.environ.update(environment)
-    argv, main = sys.argv, sys.modules["__main__"]
     _run_python(request["code"], rehearsal=True)
-    sys.argv, sys.modules["__main__"] = argv, main
-    del sys.path[0]  # the "" that `_run_python` put first
-    _single_threaded()
 
 
 def _send_control(fd: int, request: dict[str, Any], setup_error: str) -> None:
     """Send the driver the CONTROL message: the request's fields it needs, and any set-up error."""
     control = {k: request[k] for k in CONTROL_FIELDS}
     control["setup_error"] = setup_error
-    encoded = marshal.dumps(control)
-    _write_all(fd, len(encoded).to_bytes(4, "big") + encoded)
+    _write_all(fd, _marshal_frame(control))
 
 
 def _single_threaded() -> bool:
@@ -478,7 +493,7 @@ def _child_main(
         if language == "python":
             os.environ.clear()
             os.environ.update(env)
-            status = _run_python(request["code"])
+            status, alone = _run_python(request["code"])
             # Close the output pipes before reporting, so the driver sees end-of-file without
             # waiting for this process's (slow) exit. Nothing below needs a new descriptor:
             # the program may have left none free.
@@ -487,10 +502,9 @@ def _child_main(
                     os.close(fd)
                 except OSError:
                     pass
-            # If this is the process's last thread, nothing of the program can run any more
-            # (only this thread could start another): the driver may then answer without
-            # waiting for this process's exit (see `_only_the_child_is_left`).
-            alone = _single_threaded()
+            # With this thread the last, nothing of the program can run any more: the driver
+            # may then answer without waiting for this process's exit (see
+            # `_only_the_child_is_left`).
             try:
                 # Newline-terminated: the driver acts on it at once instead of waiting for the
                 # pipe's end-of-file, which comes only when this process has fully exited.
@@ -684,9 +698,8 @@ def _rehearse_execute(child: Child, wake_r: int) -> None:
     """
     read_fd, write_fd = os.pipe()
     try:
-        encoded = marshal.dumps({"setup_error": ""})
-        _write_all(write_fd, len(encoded).to_bytes(4, "big") + encoded)
-        _read_request(read_fd)
+        _send_control(write_fd, REHEARSAL, "")
+        _read_request(read_fd)  # as `Child.read_control` reads it
         os.set_blocking(read_fd, False)
     finally:
         os.close(read_fd)
