@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ _EXTENSIONS = {".py": "python", ".js": "javascript", ".mjs": "javascript", ".sh"
 EXIT_NOT_OK = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read stdout has gone (`sandboxd run --json ... | head`): stop quietly, as
+        # `cat` does, with the status of a death by SIGPIPE. Output still buffered for the
+        # closed pipe goes to /dev/null, so the interpreter's last flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -171,3 +171,18 @@ def test_serve_turns_the_garbage_collector_back_on_after_start_up(data_dir: Path
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_run_stops_quietly_when_its_reader_goes(target: str) -> None:
+    # `sandboxd run --json ... | head`: the reader closes the pipe while the result is printed.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandboxd.cli", "run", "--target", target, "--json",
+         "--lang", "shell", "-c", "yes | head -c 1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(10).startswith(b"{")
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 128 + 13  # as a process killed by SIGPIPE
+    assert stderr == ""
