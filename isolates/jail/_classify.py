@@ -36,7 +36,7 @@ def _signal_name(number: int) -> str:
 
 def _exit_description(exit_code: int) -> str:
     if exit_code < 0:
-        return f"killed by {_signal_name(-exit_code)}"
+        return f"was killed by {_signal_name(-exit_code)}"
     return f"exited with code {exit_code}"
 
 
@@ -77,7 +77,7 @@ def classify(
     if report is None:
         if oom_kills:
             return Verdict(Status.MEMORY_LIMIT, 137,
-                           f"memory limit of {limits.memory_bytes} bytes exceeded")
+                           f"memory limit of {limits.memory_bytes} bytes reached")
         driver_signal = _log_signal(nsjail_log)
         if driver_signal == signal.SIGSYS:
             return Verdict(Status.SECURITY_VIOLATION, 128 + signal.SIGSYS,
@@ -88,7 +88,7 @@ def classify(
             # pid 1 ignores SIGKILL from inside its namespace and the host did not send one:
             # the kernel's OOM killer did, though its counter did not show it.
             return Verdict(Status.MEMORY_LIMIT, 137,
-                           f"memory limit of {limits.memory_bytes} bytes exceeded")
+                           f"memory limit of {limits.memory_bytes} bytes reached")
         return Verdict(Status.INTERNAL_ERROR, -1, "the jail ended without reporting a result")
     if report.get("setup_error"):
         return Verdict(Status.ERROR, -1, str(report["setup_error"]))
@@ -102,7 +102,7 @@ def classify(
                        "a process was killed by the seccomp policy (forbidden system call)")
     if oom_kills:
         return Verdict(Status.MEMORY_LIMIT, code,
-                       f"memory limit of {limits.memory_bytes} bytes exceeded "
+                       f"memory limit of {limits.memory_bytes} bytes reached "
                        f"({oom_kills} process(es) killed)")
     if killed_for == "cpu" or exit_code == -signal.SIGXCPU or (
         limits.cpu_s is not None
@@ -123,10 +123,10 @@ def classify(
 
 
 def _wall_clock_message(limits: Limits) -> str:
-    return f"wall-clock limit of {seconds_text(limits.timeout_s)} s exceeded"
+    return f"wall-time limit of {seconds_text(limits.timeout_s)} s reached"
 
 
 def _cpu_time_message(limits: Limits) -> str:
     if limits.cpu_s is None:  # killed by the kernel's own CPU rlimit, not a requested limit
-        return "CPU-time limit exceeded"
-    return f"CPU-time limit of {seconds_text(limits.cpu_s)} s exceeded"
+        return "CPU-time limit reached"
+    return f"CPU-time limit of {seconds_text(limits.cpu_s)} s reached"

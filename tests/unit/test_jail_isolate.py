@@ -44,7 +44,14 @@ def test_python_exception_is_error_with_traceback(factory: JailFactory) -> None:
 def test_python_sys_exit_code(factory: JailFactory) -> None:
     result = run(factory, language=Language.PYTHON, code="import sys; print('a'); sys.exit(3)")
     assert (result.status, result.exit_code, result.stdout) == (Status.ERROR, 3, b"a\n")
-    assert "exited with code 3" in result.message
+    assert result.message == "the program exited with code 3"
+
+
+def test_python_killed_by_a_signal_reads_as_a_shell_reports_it(factory: JailFactory) -> None:
+    result = run(factory, language=Language.PYTHON,
+                 code="import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert (result.status, result.exit_code) == (Status.ERROR, 128 + 15)
+    assert result.message == "the program was killed by SIGTERM"
 
 
 def test_python_ending_without_free_descriptors_reports_only_its_own_output(

@@ -34,7 +34,7 @@ def test_wall_timeout(factory: JailFactory) -> None:
     result = run(factory, Language.PYTHON, "import time; print('start', flush=True); "
                  "time.sleep(60)", timeout_s=0.5)
     assert result.status is Status.TIMEOUT
-    assert "wall-clock limit of 0.5 s" in result.message
+    assert "wall-time limit of 0.5 s reached" in result.message
     assert result.stdout == b"start\n"
 
 
@@ -46,7 +46,7 @@ def test_wall_timeout_kills_background_children(factory: JailFactory) -> None:
 def test_cpu_limit(factory: JailFactory) -> None:
     result = run(factory, Language.PYTHON, "while True: pass", cpu_s=0.5, timeout_s=20)
     assert result.status is Status.CPU_LIMIT, result
-    assert "CPU-time limit of 0.5 s" in result.message
+    assert "CPU-time limit of 0.5 s reached" in result.message
 
 
 def test_cpu_limit_counts_all_processes(factory: JailFactory) -> None:
