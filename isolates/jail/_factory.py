@@ -28,7 +28,12 @@ from isolates.base import ExecutionRequest, InvalidRequest, IsolateFactory, Isol
 from isolates.jail._cgroups import CgroupLayout, JailCgroup, create_parents, remove_tree
 from isolates.jail._errors import JailStartError, JailUnavailableError
 from isolates.jail._idmap import resolve as resolve_guest_ids
-from isolates.jail._isolate import JailIsolate, initial_memory_limit, wait_for_exit
+from isolates.jail._isolate import (
+    MIN_MEMORY_BYTES,
+    JailIsolate,
+    initial_memory_limit,
+    wait_for_exit,
+)
 from isolates.jail._nsjail_config import (
     ConfigTemplate,
     compile_driver,
@@ -130,10 +135,25 @@ class JailFactory(IsolateFactory):
         return self._guest.uid, self._guest.gid
 
     def check(self, request: ExecutionRequest) -> None:
-        """Refuse a facet when this factory cannot hand one to the guest (`facet_owner`).
+        """Refuse limits outside this factory's bounds, and a facet it cannot hand over.
 
-        Wasm isolates serve facets either way.
+        A jail would run such limits clamped (see `JailIsolate`); a caller of the service is
+        told instead, as for the server's own maxima. Facets need `facet_owner`; wasm isolates
+        serve them either way.
         """
+        limits = request.limits
+        if limits.memory_bytes > self.settings.max_memory_bytes:
+            raise InvalidRequest("limits.memory_bytes", (
+                f"is {limits.memory_bytes} bytes; JAIL isolates take at most "
+                f"{_bytes_text(self.settings.max_memory_bytes)}"))
+        if limits.memory_bytes < MIN_MEMORY_BYTES:
+            raise InvalidRequest("limits.memory_bytes", (
+                f"is {limits.memory_bytes} bytes; JAIL isolates need at least "
+                f"{_bytes_text(MIN_MEMORY_BYTES)}"))
+        if limits.timeout_s > self.settings.max_timeout_s:
+            raise InvalidRequest("limits.timeout_ms", (
+                f"is {limits.timeout_s * 1000:g} ms; JAIL isolates allow at most "
+                f"{self.settings.max_timeout_s * 1000:g} ms ({self.settings.max_timeout_s:g} s)"))
         if request.facet and self.facet_owner is None:
             raise InvalidRequest("facet", "facets in JAIL isolates need sandboxd to run as "
                                  "root; run this execution in a wasm isolate")
@@ -233,3 +253,7 @@ class JailFactory(IsolateFactory):
         shutil.rmtree(self.instance_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n} bytes ({n / 1024**2:g} MiB)"

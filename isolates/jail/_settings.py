@@ -1,7 +1,8 @@
 """Settings of the JAIL isolate kind: fixed per factory, applied when a jail is created.
 
 Per-request limits (wall time, CPU time, memory, output) arrive with each `ExecutionRequest`
-and are clamped here to the factory's maxima; everything that nsjail fixes at spawn time
+and must lie within the bounds set here (`JailFactory.check` refuses others, a jail run directly
+clamps them); everything that nsjail fixes at spawn time
 (mounts, tmpfs sizes, pids, CPU share) lives in these settings.
 """
 

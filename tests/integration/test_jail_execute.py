@@ -58,6 +58,22 @@ def test_javascript_cannot_be_jailed(client: Client) -> None:
     assert info.value.field_violations[0].field == "isolate"
 
 
+@pytest.mark.parametrize(("memory", "words"), [
+    (1536 * 1024**2, "JAIL isolates take at most 1073741824 bytes (1024 MiB)"),
+    (20 * 1024**2, "JAIL isolates need at least 33554432 bytes (32 MiB)"),
+])
+def test_memory_outside_a_jails_bounds_is_refused_not_clamped(
+    client: Client, memory: int, words: str
+) -> None:
+    # Within the server's own bounds (16 MiB to 2 GiB), outside a jail's.
+    for code, language in (("true", "shell"), ("pass", "python")):
+        with pytest.raises(InvalidArgumentError) as info:
+            client.run_code(code, language, memory=memory, isolate="jail")
+        violation = info.value.field_violations[0]
+        assert violation.field == "limits.memory_bytes"
+        assert violation.description == f"is {memory} bytes; {words}"
+
+
 def test_jail_streams_output(client: Client) -> None:
     chunks: list[str] = []
     execution = client.run_code("for i in 1 2 3; do echo $i; done", "shell",

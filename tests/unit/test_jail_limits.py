@@ -7,7 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from isolates.base import CancelToken, ExecutionRequest, ExecutionResult, Language, Limits, Status
+from isolates.base import (
+    CancelToken,
+    ExecutionRequest,
+    ExecutionResult,
+    InvalidRequest,
+    Language,
+    Limits,
+    Status,
+)
 from isolates.jail import JailFactory, JailSettings
 
 MIB = 1024 * 1024
@@ -130,3 +138,23 @@ def test_request_limits_are_clamped_to_factory_maxima(factory: JailFactory) -> N
     result = run(factory, Language.PYTHON, code, memory_bytes=1 << 60)
     assert result.status is Status.MEMORY_LIMIT
     assert f"{factory.settings.max_memory_bytes} bytes" in result.message
+
+
+@pytest.mark.parametrize(("limits", "field", "words"), [
+    ({"memory_bytes": 2048 * MIB}, "limits.memory_bytes",
+     "is 2147483648 bytes; JAIL isolates take at most 1073741824 bytes (1024 MiB)"),
+    ({"memory_bytes": 16 * MIB}, "limits.memory_bytes",
+     "is 16777216 bytes; JAIL isolates need at least 33554432 bytes (32 MiB)"),
+    ({"timeout_s": 301.5}, "limits.timeout_ms",
+     "is 301500 ms; JAIL isolates allow at most 300000 ms (300 s)"),
+])
+def test_check_refuses_limits_a_jail_would_clamp(
+    factory: JailFactory, limits: dict[str, float], field: str, words: str
+) -> None:
+    # What the service answers with INVALID_ARGUMENT before a jail is spent on the request.
+    request = ExecutionRequest(execution_id="t", language=Language.PYTHON, code="pass",
+                               limits=Limits(**limits))  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest) as info:
+        factory.check(request)
+    assert (info.value.field, str(info.value)) == (field, words)
+    factory.check(ExecutionRequest(execution_id="t", language=Language.PYTHON, code="pass"))
