@@ -133,7 +133,7 @@ class ExecutorService:
             await abort_invalid(context, exc.violations)
         except PlacementError as exc:
             self._metrics.rejected.labels("invalid").inc()
-            await abort_invalid(context, [("isolate", str(exc))])
+            await abort_invalid(context, [(exc.field, str(exc))])
         return validated
 
     async def _run(

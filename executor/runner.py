@@ -93,6 +93,7 @@ class ExecutionRunner:
             validated.request.language,
             validated.requested_kind,
             jail_available=self._jail_available,
+            cpu_limit=validated.request.limits.cpu_s is not None,
         )
 
     def run(

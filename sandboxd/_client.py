@@ -74,6 +74,7 @@ class Client:
         stdin: bytes | str | None = None,
         isolate: str = "auto",
         memory: int | None = None,
+        cpu_time: float | None = None,
         output_limit: int | None = None,
         output_paths: Sequence[str] | None = None,
         argv: Sequence[str] | None = None,
@@ -96,6 +97,9 @@ class Client:
             stdin: standard input.
             isolate: "auto", "wasm" or "jail".
             memory: memory limit in bytes.
+            cpu_time: CPU-time limit in seconds, every process of the execution counted (ends
+                in "cpu_limit"). Enforced in jail isolates only: with isolate "auto", Python
+                runs in a jail when it is set; wasm isolates refuse it.
             output_limit: bytes of stdout and of stderr kept (each).
             output_paths: relative paths of files to return.
             argv: argv for "wasi" modules and "command" (argv[0] is the program).
@@ -114,7 +118,7 @@ class Client:
         """
         request = build_request(
             code, language, timeout=timeout, files=files, env=env, stdin=stdin,
-            isolate=isolate, memory=memory, output_limit=output_limit,
+            isolate=isolate, memory=memory, cpu_time=cpu_time, output_limit=output_limit,
             output_paths=output_paths, argv=argv, module=module, facet=facet,
             output_repo=output_repo, output_branch=output_branch,
         )
@@ -199,6 +203,7 @@ class AsyncClient:
         stdin: bytes | str | None = None,
         isolate: str = "auto",
         memory: int | None = None,
+        cpu_time: float | None = None,
         output_limit: int | None = None,
         output_paths: Sequence[str] | None = None,
         argv: Sequence[str] | None = None,
@@ -213,7 +218,7 @@ class AsyncClient:
         """Run code in a fresh isolate; see `Client.run_code`. Callbacks may be coroutines."""
         request = build_request(
             code, language, timeout=timeout, files=files, env=env, stdin=stdin,
-            isolate=isolate, memory=memory, output_limit=output_limit,
+            isolate=isolate, memory=memory, cpu_time=cpu_time, output_limit=output_limit,
             output_paths=output_paths, argv=argv, module=module, facet=facet,
             output_repo=output_repo, output_branch=output_branch,
         )

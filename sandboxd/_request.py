@@ -54,6 +54,7 @@ def build_request(
     stdin: bytes | str | None,
     isolate: str,
     memory: int | None,
+    cpu_time: float | None,
     output_limit: int | None,
     output_paths: Sequence[str] | None,
     argv: Sequence[str] | None,
@@ -74,6 +75,7 @@ def build_request(
     limits = {
         "timeout_ms": milliseconds("timeout", timeout),
         "memory_bytes": byte_count("memory", memory),
+        "cpu_ms": milliseconds("cpu_time", cpu_time),
         "output_bytes": byte_count("output_limit", output_limit),
     }
     fields: dict[str, Any] = {

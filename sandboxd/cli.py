@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--isolate", choices=ISOLATES, default="auto", help="isolate kind")
     run.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
     run.add_argument("--memory", type=int, help="memory limit in bytes")
+    run.add_argument("--cpu-time", type=float, metavar="S",
+                     help="CPU-time limit in seconds, all processes counted (jail isolates)")
     run.add_argument("--file-in", action="append", default=[], metavar="PATH[=LOCAL]",
                      help="input file placed in the working directory (repeatable)")
     run.add_argument("--output", action="append", default=[], metavar="PATH",
@@ -235,7 +237,8 @@ def _run(args: argparse.Namespace) -> int:
         with Client(args.target) as client:
             execution = client.run_code(
                 code, language, timeout=args.timeout, files=files, env=env, stdin=stdin,
-                isolate=args.isolate, memory=args.memory, output_paths=args.output or None,
+                isolate=args.isolate, memory=args.memory, cpu_time=args.cpu_time,
+                output_paths=args.output or None,
                 argv=argv or None, module=module,
                 on_stdout=write_out if stream else None,
                 on_stderr=write_err if stream else None,

@@ -122,7 +122,10 @@ class Limits(_message.Message):
     output_bytes: _builtins.int
     """Bytes kept of stdout and of stderr each; 0 means the server default."""
     cpu_ms: _builtins.int
-    """CPU-time limit in milliseconds (JAIL only); 0 means none beyond the wall limit."""
+    """CPU-time limit in milliseconds, all processes of the execution counted; 0 means none
+    beyond the wall limit. Only JAIL isolates enforce it: with isolate AUTO a Python request
+    that sets it runs in a jail, and a request bound for WASM is refused.
+    """
     def __init__(
         self,
         *,

@@ -186,3 +186,9 @@ def test_run_stops_quietly_when_its_reader_goes(target: str) -> None:
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 128 + 13  # as a process killed by SIGPIPE
     assert stderr == ""
+
+
+def test_run_with_a_cpu_time_limit(target: str) -> None:
+    done = sandboxd("run", "--target", target, "--cpu-time", "0.3", "-c", "while True: pass")
+    assert done.returncode == 128 + 9, done.stderr  # as a shell reports a SIGKILL
+    assert done.stderr == "sandboxd run: cpu_limit: CPU-time limit of 0.3 s reached\n"

@@ -74,6 +74,34 @@ def test_memory_outside_a_jails_bounds_is_refused_not_clamped(
         assert violation.description == f"is {memory} bytes; {words}"
 
 
+def test_a_cpu_time_limit_runs_python_in_a_jail_and_holds(client: Client) -> None:
+    # AUTO picks a jail for Python with a CPU-time limit: only a jail enforces one.
+    execution = client.run_code("while True: pass", cpu_time=0.3, timeout=20)
+    assert execution.isolate.kind == "jail"
+    assert execution.status == "cpu_limit"
+    assert execution.message == "CPU-time limit of 0.3 s reached"
+    # Every process of the execution counts, children included.
+    shell = client.run_code("(while :; do :; done) & (while :; do :; done) & sleep 20",
+                            "shell", cpu_time=0.5, timeout=20)
+    assert shell.status == "cpu_limit", shell.message
+
+
+@pytest.mark.parametrize(("language", "code", "isolate", "words"), [
+    ("python", "print(1)", "wasm", "this request asks for a wasm isolate"),
+    ("javascript", "console.log(1)", "auto", "language javascript runs only in wasm isolates"),
+])
+def test_a_cpu_time_limit_is_refused_where_wasm_would_ignore_it(
+    client: Client, language: str, code: str, isolate: str, words: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        client.run_code(code, language, isolate=isolate, cpu_time=1)
+    violation = info.value.field_violations[0]
+    assert violation.field == "limits.cpu_ms"
+    assert violation.description == (
+        f"is enforced in JAIL isolates only; {words} (a wasm isolate runs one thread, so its "
+        "timeout bounds its CPU time)")
+
+
 def test_jail_streams_output(client: Client) -> None:
     chunks: list[str] = []
     execution = client.run_code("for i in 1 2 3; do echo $i; done", "shell",

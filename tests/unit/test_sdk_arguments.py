@@ -19,8 +19,8 @@ from sandboxd.v1 import executor_pb2 as pb
 
 DEFAULTS: dict[str, Any] = {
     "timeout": None, "files": None, "env": None, "stdin": None, "isolate": "auto",
-    "memory": None, "output_limit": None, "output_paths": None, "argv": None, "module": None,
-    "facet": None, "output_repo": None, "output_branch": None,
+    "memory": None, "cpu_time": None, "output_limit": None, "output_paths": None, "argv": None,
+    "module": None, "facet": None, "output_repo": None, "output_branch": None,
 }
 
 
@@ -32,9 +32,11 @@ def request(
 
 def test_a_plain_call_builds_the_wire_request() -> None:
     built = request(timeout=2.5, files={"a.txt": "hi", "b.bin": b"\x00"}, env={"K": "V"},
-                    stdin="in", memory=64 * 1024**2, output_paths=["out.txt"], isolate="jail")
+                    stdin="in", memory=64 * 1024**2, cpu_time=1.5, output_paths=["out.txt"],
+                    isolate="jail")
     assert built.language == pb.LANGUAGE_PYTHON and built.isolate == pb.ISOLATE_KIND_JAIL
     assert built.limits.timeout_ms == 2500 and built.limits.memory_bytes == 64 * 1024**2
+    assert built.limits.cpu_ms == 1500
     assert [(f.path, f.content) for f in built.files] == [("a.txt", b"hi"), ("b.bin", b"\x00")]
     assert dict(built.env) == {"K": "V"} and built.stdin == b"in"
     assert list(built.output_paths) == ["out.txt"]
@@ -55,6 +57,8 @@ def test_a_sub_millisecond_timeout_is_not_read_as_the_default() -> None:
         ({"timeout": -1}, "timeout", "positive number of seconds, not -1"),
         ({"timeout": float("nan")}, "timeout", "positive number of seconds, not nan"),
         ({"memory": 1.5e8}, "memory", "whole number of bytes, not float"),
+        ({"cpu_time": "2"}, "cpu_time", "number of seconds, not str"),
+        ({"cpu_time": 0}, "cpu_time", "positive number of seconds, not 0"),
         ({"output_limit": -1}, "output_limit", "must not be negative"),
         ({"env": {"A": 1}}, "env['A']", "must be a string, not int"),
         ({"env": ["A=1"]}, "env", "must be a mapping"),
