@@ -174,34 +174,34 @@ class ScratchDir:
                     f.write(file.content)
 
     def read_output(self, path: str, cap: int) -> OutputFile:
-        """Read one output file without following links; problems become `error`."""
+        """Read one output file without following links; problems become `error`.
+
+        The errors use the words of a JAIL isolate's driver for the same cases.
+        """
         problem = validate_relative_path(path)
         if problem is not None:
-            return OutputFile(path=path, content=b"", error=f"path {problem}")
+            return _unreturned(path, f"path {problem}")
         *parents, name = path.split("/")
         try:
             with self._open_dir(parents, create=False) as dir_fd:
                 try:
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
-                    return OutputFile(path=path, content=b"", error="not found")
+                    return _unreturned(path, "missing")
                 if stat.S_ISLNK(st.st_mode):
-                    return OutputFile(path=path, content=b"", error="is a symlink (not followed)")
+                    return _unreturned(path, "is a symbolic link (not followed)")
                 if not stat.S_ISREG(st.st_mode):
-                    return OutputFile(path=path, content=b"", error="not a regular file")
+                    return _unreturned(path, "is not a regular file")
                 flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
                 fd = os.open(name, flags, dir_fd=dir_fd)
                 with os.fdopen(fd, "rb") as f:
                     st = os.fstat(f.fileno())
                     if not stat.S_ISREG(st.st_mode):
-                        return OutputFile(path=path, content=b"", error="not a regular file")
+                        return _unreturned(path, "is not a regular file")
                     content = f.read(cap + 1)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return OutputFile(path=path, content=b"", error="path goes through a symlink")
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return OutputFile(path=path, content=b"", error="not found")
-            return OutputFile(path=path, content=b"", error=f"unreadable: {exc.strerror}")
+            return _unreturned(path, _OPEN_ERRORS.get(exc.errno or 0,
+                                                      f"cannot be read ({exc.strerror})"))
         truncated = len(content) > cap
         return OutputFile(
             path=path,
@@ -237,6 +237,17 @@ class ScratchDir:
             os.rmdir(self.path)
         except OSError:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+_OPEN_ERRORS = {
+    errno.ELOOP: "a parent is a symbolic link (not followed)",  # O_NOFOLLOW on a directory
+    errno.ENOENT: "missing",
+    errno.ENOTDIR: "a parent is not a directory",
+}
+
+
+def _unreturned(path: str, error: str) -> OutputFile:
+    return OutputFile(path=path, content=b"", error=error)
 
 
 atexit.register(release_instances)

@@ -131,3 +131,26 @@ def test_warm_jails_run_on_the_event_loop_and_wasm_on_worker_threads(
             assert len(workers._threads) == 1
     finally:
         running.stop()
+
+
+def test_output_files_that_cannot_be_returned_read_the_same_in_both_isolates(
+    client: Client,
+) -> None:
+    code = (
+        "import os\n"
+        "os.mkdir('d'); open('d/x', 'w').write('x'); open('real', 'w').write('r')\n"
+        "os.symlink('real', 'inner'); os.symlink('d', 'linkdir')\n"
+    )
+    expected = {
+        "nope.txt": "missing",
+        "d": "is not a regular file",
+        "inner": "is a symbolic link (not followed)",
+        "real/x": "a parent is not a directory",
+        "linkdir/x": "a parent is a symbolic link (not followed)",
+        "d/x": "",
+    }
+    for isolate in ("wasm", "jail"):
+        execution = client.run_code(code, isolate=isolate, output_paths=list(expected))
+        assert execution.ok, execution.stderr
+        assert {f.path: f.error for f in execution.files} == expected, isolate
+        assert execution.file("d/x") == b"x"

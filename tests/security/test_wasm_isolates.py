@@ -395,10 +395,11 @@ def test_F3_output_file_symlink_is_not_followed(factories: Factories) -> None:
         isolate.destroy()
     assert result.status is Status.OK, result.stderr
     link, through, directory, inner, real = result.files
-    assert link.content == b"" and "symlink" in link.error
-    assert through.content == b"" and "symlink" in through.error
-    assert directory.content == b"" and directory.error == "not a regular file"
-    assert inner.content == b"" and "symlink" in inner.error
+    assert link.content == b"" and link.error == "is a symbolic link (not followed)"
+    assert through.content == b""
+    assert through.error == "a parent is a symbolic link (not followed)"
+    assert directory.content == b"" and directory.error == "is not a regular file"
+    assert inner.content == b"" and inner.error == "is a symbolic link (not followed)"
     assert real.content == b"data"
 
 

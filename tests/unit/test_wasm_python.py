@@ -112,7 +112,7 @@ def test_input_files_are_in_the_working_directory_and_outputs_come_back(
     found, missing = result.files
     assert (found.path, found.content, found.size) == ("out/result.txt", b"HELLO", 5)
     assert found.error == ""
-    assert missing.error == "not found" and missing.content == b""
+    assert missing.error == "missing" and missing.content == b""
 
 
 def test_output_file_is_capped(factory: PythonFactory) -> None:

@@ -60,6 +60,8 @@ else:
 
 WORKSPACE = "/workspace"
 CHUNK = 65536
+PARENT_IS_A_LINK = "a parent is a symbolic link (not followed)"
+"""An output file's `error` when a directory on its path is a link (as WASM isolates say)."""
 DRIVER_PID = os.getpid()
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
@@ -215,7 +217,15 @@ def _read_output(path: str, cap: int) -> dict[str, Any]:
     try:
         dir_fd = os.open(WORKSPACE, os.O_RDONLY | os.O_DIRECTORY)
         for part in parts[:-1]:
-            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                  dir_fd=dir_fd)
+            except NotADirectoryError:
+                # O_NOFOLLOW with O_DIRECTORY fails on a link as on a file: tell them apart.
+                parent = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+                result["error"] = (PARENT_IS_A_LINK if S_ISLNK(parent.st_mode)
+                                   else "a parent is not a directory")
+                return result
             os.close(dir_fd)
             dir_fd = next_fd
         info = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
@@ -247,10 +257,7 @@ def _read_output(path: str, cap: int) -> dict[str, Any]:
         result["truncated"] = info.st_size > len(data)
     except FileNotFoundError:
         result["error"] = "missing"
-    except NotADirectoryError:
-        result["error"] = "a parent is not a directory"
     except OSError as exc:
-        # ELOOP: a component is a symbolic link.
         result["error"] = f"cannot be read ({exc.strerror})"
     finally:
         if dir_fd >= 0:
