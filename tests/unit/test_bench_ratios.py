@@ -1,8 +1,8 @@
-"""The bench's ratio rows compare each gRPC c=1 row with the baseline measured around it."""
+"""The bench's derived rows compare a gRPC c=1 row with what was measured around it."""
 
 from __future__ import annotations
 
-from bench.grpc_rows import around_name
+from bench.grpc_rows import above_floor, around_name
 from bench.harness import _ratios
 from bench.stats import Row
 
@@ -28,3 +28,11 @@ def test_no_ratio_without_its_baseline() -> None:
     results = [_row("grpc", "Execute print(1) jail python (warm), c=1", 5.0),
                _row("baseline", "python3 -c 'print(1)' subprocess", 14.0)]
     assert _ratios(results) == []
+
+
+def test_the_warm_jail_row_is_also_read_above_the_grpc_floor() -> None:
+    row = _row("grpc", "Execute print(1) jail python (warm), c=1", 5.25)
+    derived = above_floor(row, _row("grpc", "gRPC floor around it", 2.5))
+    assert derived["name"] == "Execute print(1) jail python (warm), c=1, above the gRPC floor"
+    assert derived["added_ms"] == 2.75
+    assert derived["note"] == "+2.75 ms (p50 5.25 - 2.50 ms)"
