@@ -146,6 +146,23 @@ def contents(argument: str, value: object) -> list[tuple[str, bytes]]:
     return pairs
 
 
+def permission_bits(argument: str, value: object, paths: Sequence[str]) -> dict[str, int]:
+    """Modes given as {path: 0o755} for some of `paths`, checked ({} for None)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise refuse(argument, f"must be a mapping of paths to modes, not {_type_name(value)}")
+    modes = {}
+    for path, mode in value.items():
+        if path not in paths:
+            raise refuse(f"{argument}[{path!r}]", "names no file given in files")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise refuse(f"{argument}[{path!r}]",
+                         f"must be permission bits such as 0o755, not {mode!r}")
+        modes[path] = mode
+    return modes
+
+
 def checked[M: Message](cls: type[M], **fields: Any) -> M:
     """`cls(**fields)`, after checking each scalar field's type against the message's schema.
 

@@ -70,6 +70,7 @@ class Client:
         *,
         timeout: float | None = None,
         files: FilesArg = None,
+        file_modes: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | str | None = None,
         isolate: str = "auto",
@@ -93,6 +94,8 @@ class Client:
             language: "python", "javascript", "shell", "wasi" or "command".
             timeout: wall-clock limit in seconds (server default when None).
             files: input files {relative path: content} placed in the working directory.
+            file_modes: permission bits of some of them, e.g. {"run.sh": 0o755} for a script
+                to run as a command (default 0o644).
             env: environment variables.
             stdin: standard input.
             isolate: "auto", "wasm" or "jail".
@@ -117,8 +120,9 @@ class Client:
             SandboxdError: any other failure to get a result.
         """
         request = build_request(
-            code, language, timeout=timeout, files=files, env=env, stdin=stdin,
-            isolate=isolate, memory=memory, cpu_time=cpu_time, output_limit=output_limit,
+            code, language, timeout=timeout, files=files, file_modes=file_modes, env=env,
+            stdin=stdin, isolate=isolate, memory=memory, cpu_time=cpu_time,
+            output_limit=output_limit,
             output_paths=output_paths, argv=argv, module=module, facet=facet,
             output_repo=output_repo, output_branch=output_branch,
         )
@@ -199,6 +203,7 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         files: FilesArg = None,
+        file_modes: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | str | None = None,
         isolate: str = "auto",
@@ -217,8 +222,9 @@ class AsyncClient:
     ) -> Execution:
         """Run code in a fresh isolate; see `Client.run_code`. Callbacks may be coroutines."""
         request = build_request(
-            code, language, timeout=timeout, files=files, env=env, stdin=stdin,
-            isolate=isolate, memory=memory, cpu_time=cpu_time, output_limit=output_limit,
+            code, language, timeout=timeout, files=files, file_modes=file_modes, env=env,
+            stdin=stdin, isolate=isolate, memory=memory, cpu_time=cpu_time,
+            output_limit=output_limit,
             output_paths=output_paths, argv=argv, module=module, facet=facet,
             output_repo=output_repo, output_branch=output_branch,
         )

@@ -16,6 +16,7 @@ from sandboxd._arguments import (
     contents,
     milliseconds,
     optional_text,
+    permission_bits,
     refuse,
     seconds,
     strings,
@@ -50,6 +51,7 @@ def build_request(
     *,
     timeout: float | None,
     files: FilesArg,
+    file_modes: Mapping[str, int] | None,
     env: Mapping[str, str] | None,
     stdin: bytes | str | None,
     isolate: str,
@@ -78,6 +80,8 @@ def build_request(
         "cpu_ms": milliseconds("cpu_time", cpu_time),
         "output_bytes": byte_count("output_limit", output_limit),
     }
+    given = contents("files", files)
+    modes = permission_bits("file_modes", file_modes, [path for path, _ in given])
     fields: dict[str, Any] = {
         "language": LANGUAGES[language],
         "code": code,
@@ -85,7 +89,8 @@ def build_request(
         "argv": strings("argv", argv),
         "stdin": bytes_or_text("stdin", stdin),
         "env": text_mapping("env", env),
-        "files": [pb.File(path=path, content=data) for path, data in contents("files", files)],
+        "files": [pb.File(path=path, content=data, mode=modes.get(path, 0))
+                  for path, data in given],
         "isolate": ISOLATES[isolate],
         "limits": pb.Limits(**limits) if any(limits.values()) else None,
         "output_paths": strings("output_paths", output_paths),

@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cpu-time", type=float, metavar="S",
                      help="CPU-time limit in seconds, all processes counted (jail isolates)")
     run.add_argument("--file-in", action="append", default=[], metavar="PATH[=LOCAL]",
-                     help="input file placed in the working directory (repeatable)")
+                     help="input file placed in the working directory, with the local "
+                     "file's permission bits (repeatable)")
     run.add_argument("--output", action="append", default=[], metavar="PATH",
                      help="output file to return (repeatable); saved under --output-dir")
     run.add_argument("--output-dir", type=Path, default=Path("."),
@@ -213,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"sandboxd run: -c: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        files = _input_files(args.file_in)
+        files, file_modes = _input_files(args.file_in)
         env = dict(_split_env(item) for item in args.env)
     except ValueError as exc:
         print(f"sandboxd run: {exc}", file=sys.stderr)
@@ -236,7 +237,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with Client(args.target) as client:
             execution = client.run_code(
-                code, language, timeout=args.timeout, files=files, env=env, stdin=stdin,
+                code, language, timeout=args.timeout, files=files, file_modes=file_modes,
+                env=env, stdin=stdin,
                 isolate=args.isolate, memory=args.memory, cpu_time=args.cpu_time,
                 output_paths=args.output or None,
                 argv=argv or None, module=module,
@@ -293,16 +295,19 @@ def _status_line(execution: Execution) -> str | None:
     return f"sandboxd run: {execution.status}: {message}".rstrip(": ")
 
 
-def _input_files(items: list[str]) -> dict[str, bytes]:
+def _input_files(items: list[str]) -> tuple[dict[str, bytes], dict[str, int]]:
+    """--file-in items as run_code's `files` and `file_modes` (the local permission bits)."""
     files: dict[str, bytes] = {}
+    modes: dict[str, int] = {}
     for item in items:
         remote, _, local = item.partition("=")
         source = Path(local or remote)
         try:
             files[remote] = source.read_bytes()
+            modes[remote] = source.stat().st_mode & 0o777
         except OSError as exc:
             raise ValueError(f"cannot read input file {source}: {exc.strerror}") from None
-    return files
+    return files, modes
 
 
 def _split_env(item: str) -> tuple[str, str]:

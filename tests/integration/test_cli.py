@@ -192,3 +192,12 @@ def test_run_with_a_cpu_time_limit(target: str) -> None:
     done = sandboxd("run", "--target", target, "--cpu-time", "0.3", "-c", "while True: pass")
     assert done.returncode == 128 + 9, done.stderr  # as a shell reports a SIGKILL
     assert done.stderr == "sandboxd run: cpu_limit: CPU-time limit of 0.3 s reached\n"
+
+
+def test_run_input_files_keep_their_permission_bits(target: str, tmp_path: Path) -> None:
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o755)
+    done = sandboxd("run", "--target", target, "--lang", "command", "--file-in",
+                    f"bin/run.sh={script}", "-c", "./bin/run.sh")
+    assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr

@@ -102,6 +102,16 @@ def test_a_cpu_time_limit_is_refused_where_wasm_would_ignore_it(
         "timeout bounds its CPU time)")
 
 
+def test_an_uploaded_script_runs_as_a_command_with_its_mode(client: Client) -> None:
+    script = {"run.sh": "#!/bin/sh\necho \"hi $1\"\n"}
+    execution = client.run_code(language="command", argv=["./run.sh", "a b"], files=script,
+                                file_modes={"run.sh": 0o755})
+    assert (execution.status, execution.stdout) == ("ok", "hi a b\n"), execution.stderr
+    # Without a mode, an input file is 0o644, as a file written by the program would be.
+    plain = client.run_code(language="command", argv=["./run.sh"], files=script)
+    assert plain.exit_code == 126 and "Permission denied" in plain.stderr
+
+
 def test_jail_streams_output(client: Client) -> None:
     chunks: list[str] = []
     execution = client.run_code("for i in 1 2 3; do echo $i; done", "shell",

@@ -18,9 +18,10 @@ from sandboxd._request import build_request, call_deadline
 from sandboxd.v1 import executor_pb2 as pb
 
 DEFAULTS: dict[str, Any] = {
-    "timeout": None, "files": None, "env": None, "stdin": None, "isolate": "auto",
-    "memory": None, "cpu_time": None, "output_limit": None, "output_paths": None, "argv": None,
-    "module": None, "facet": None, "output_repo": None, "output_branch": None,
+    "timeout": None, "files": None, "file_modes": None, "env": None, "stdin": None,
+    "isolate": "auto", "memory": None, "cpu_time": None, "output_limit": None,
+    "output_paths": None, "argv": None, "module": None, "facet": None, "output_repo": None,
+    "output_branch": None,
 }
 
 
@@ -38,6 +39,9 @@ def test_a_plain_call_builds_the_wire_request() -> None:
     assert built.limits.timeout_ms == 2500 and built.limits.memory_bytes == 64 * 1024**2
     assert built.limits.cpu_ms == 1500
     assert [(f.path, f.content) for f in built.files] == [("a.txt", b"hi"), ("b.bin", b"\x00")]
+    assert [f.mode for f in built.files] == [0, 0]  # the server's default, 0o644
+    scripted = request(files={"run.sh": "#!/bin/sh\n"}, file_modes={"run.sh": 0o755})
+    assert scripted.files[0].mode == 0o755
     assert dict(built.env) == {"K": "V"} and built.stdin == b"in"
     assert list(built.output_paths) == ["out.txt"]
 
@@ -64,6 +68,13 @@ def test_a_sub_millisecond_timeout_is_not_read_as_the_default() -> None:
         ({"env": ["A=1"]}, "env", "must be a mapping"),
         ({"files": {"a": 3}}, "files['a']", "must be bytes or str, not int"),
         ({"files": ["a"]}, "files", "must be a mapping"),
+        ({"files": {"a": "x"}, "file_modes": {"b": 0o755}}, "file_modes['b']",
+         "names no file given in files"),
+        ({"files": {"a": "x"}, "file_modes": {"a": "755"}}, "file_modes['a']",
+         "permission bits such as 0o755, not '755'"),
+        ({"files": {"a": "x"}, "file_modes": {"a": 0o4755}}, "file_modes['a']",
+         "permission bits such as 0o755, not 2541"),
+        ({"files": {"a": "x"}, "file_modes": [("a", 0o755)]}, "file_modes", "must be a mapping"),
         ({"stdin": 5}, "stdin", "must be bytes or str, not int"),
         ({"output_paths": "out.txt"}, "output_paths", "must be a list of strings, not str"),
         ({"argv": ["prog", 1]}, "argv[1]", "must be a string, not int"),
