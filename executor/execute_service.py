@@ -308,7 +308,7 @@ def to_proto(validated: ValidatedExecute, outcome: ExecutionOutcome) -> pb.Execu
         stderr_total_bytes=result.stderr_total_bytes,
         files=[
             pb.OutputFile(path=f.path, content=f.content, truncated=f.truncated, size=f.size,
-                          error=f.error)
+                          error=f.error, executable=f.executable)
             for f in result.files
         ],
         timings=pb.Timings(queued_us=t.queued_us, acquire_us=t.acquire_us, run_us=t.run_us,

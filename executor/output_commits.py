@@ -36,9 +36,12 @@ from executor.facets_service import (
     ExportTargetInvalid,
     ExportTargetMissing,
 )
-from isolates.base import InvalidRequest
+from isolates.base import InvalidRequest, OutputFile
 
 __all__ = ["ArtifactOutputs"]
+
+_REGULAR, _EXECUTABLE = 0o100644, 0o100755
+"""The two modes git gives a file."""
 
 
 class ArtifactOutputs:
@@ -57,9 +60,11 @@ class ArtifactOutputs:
             raise InvalidRequest("output_repo", str(exc)) from None
 
     def commit_outputs(
-        self, repo: str, branch: str, files: dict[str, bytes], message: str
+        self, repo: str, branch: str, files: list[OutputFile], message: str
     ) -> str:
         """Commit `files` over the head of `branch` and return the commit id.
+
+        A file with an execute bit is committed as git's executable mode, 100755.
 
         Raises:
             ValueError: the store refused the commit (the message says why).
@@ -67,7 +72,9 @@ class ArtifactOutputs:
         try:
             return self._store.commit(
                 repo,
-                [FileInput(path=path, data=data) for path, data in sorted(files.items())],
+                [FileInput(path=f.path, data=f.content,
+                           mode=_EXECUTABLE if f.executable else _REGULAR)
+                 for f in sorted(files, key=lambda f: f.path)],
                 message,
                 branch=branch,
             )

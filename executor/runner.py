@@ -24,6 +24,7 @@ from isolates.base import (
     InvalidRequest,
     Isolate,
     IsolateKind,
+    OutputFile,
     OutputSink,
     Status,
     Timings,
@@ -54,9 +55,9 @@ class OutputCommitter(Protocol):
         """Raise InvalidRequest when the outputs could not be committed there."""
 
     def commit_outputs(
-        self, repo: str, branch: str, files: dict[str, bytes], message: str
+        self, repo: str, branch: str, files: list[OutputFile], message: str
     ) -> str:
-        """Commit `files` on `branch` of `repo` and return the commit id."""
+        """Commit `files` (complete, readable) on `branch` of `repo`; return the commit id."""
 
 
 @dataclass
@@ -266,7 +267,7 @@ class ExecutionRunner:
         validated: ValidatedExecute, result: ExecutionResult, committer: OutputCommitter
     ) -> tuple[ExecutionResult, str]:
         """Commit the complete output files; a refusal is reported in the result's message."""
-        files = {f.path: f.content for f in result.files if not f.error and not f.truncated}
+        files = [f for f in result.files if not f.error and not f.truncated]
         skipped = [f.path for f in result.files if f.error or f.truncated]
         try:
             commit = committer.commit_outputs(

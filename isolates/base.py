@@ -94,6 +94,8 @@ class OutputFile(BaseModel):
     """The file's full size on disk (content may be cut at the output cap)."""
     error: str = ""
     """Why the file could not be returned (missing, a symlink, a directory, too large)."""
+    executable: bool = False
+    """An execute bit is set (JAIL isolates; WASI has no permission bits, so never in WASM)."""
 
 
 class ExecutionRequest(BaseModel):

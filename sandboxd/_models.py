@@ -55,6 +55,8 @@ class OutputFile(BaseModel):
     size: int
     error: str
     """Why the file is missing (not created, a symlink, a directory...); empty when returned."""
+    executable: bool = False
+    """An execute bit is set (JAIL isolates; WASM files have no permission bits)."""
 
 
 class Execution(BaseModel):
@@ -113,7 +115,7 @@ class Execution(BaseModel):
             stderr_total_bytes=result.stderr_total_bytes,
             files=[
                 OutputFile(path=f.path, content=f.content, truncated=f.truncated, size=f.size,
-                           error=f.error)
+                           error=f.error, executable=f.executable)
                 for f in result.files
             ],
             timings=Timings(

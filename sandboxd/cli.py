@@ -258,7 +258,8 @@ def _run(args: argparse.Namespace) -> int:
         payload = execution.model_dump(mode="json", exclude={"stdout_bytes", "stderr_bytes",
                                                              "files"})
         payload["files"] = [
-            {"path": f.path, "size": f.size, "truncated": f.truncated, "error": f.error}
+            {"path": f.path, "size": f.size, "truncated": f.truncated, "error": f.error,
+             "executable": f.executable}
             for f in execution.files
         ]
         print(json.dumps(payload, indent=2))
@@ -269,6 +270,10 @@ def _run(args: argparse.Namespace) -> int:
         target = args.output_dir / output.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(output.content)
+        if output.executable:
+            # As `chmod +x` would, and git on checkout: execute where it may be read.
+            mode = target.stat().st_mode
+            target.chmod(mode | (mode & 0o444) >> 2)
     status_line = _status_line(execution)
     if status_line is not None and not args.json:
         print(status_line, file=sys.stderr)

@@ -381,6 +381,7 @@ class JailIsolate(Isolate):
                 truncated=bool(f.get("truncated")),
                 size=int(f.get("size", 0)),
                 error=str(f.get("error", "")),
+                executable=f.get("executable") is True,
             )
             for f in report.get("files", [])
             if isinstance(f, dict) and f.get("path") in request.output_paths

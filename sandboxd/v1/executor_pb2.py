@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asandboxd/v1/executor.proto\x12\x0bsandboxd.v1\"X\n\x06Limits\x12\x12\n\ntimeout_ms\x18\x01 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06\x63pu_ms\x18\x04 \x01(\x04\"3\n\x04\x46ile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0c\n\x04mode\x18\x03 \x01(\r\"\x96\x03\n\x0e\x45xecuteRequest\x12\'\n\x08language\x18\x01 \x01(\x0e\x32\x15.sandboxd.v1.Language\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06module\x18\x03 \x01(\x0c\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12\r\n\x05stdin\x18\x05 \x01(\x0c\x12\x31\n\x03\x65nv\x18\x06 \x03(\x0b\x32$.sandboxd.v1.ExecuteRequest.EnvEntry\x12 \n\x05\x66iles\x18\x07 \x03(\x0b\x32\x11.sandboxd.v1.File\x12)\n\x07isolate\x18\x08 \x01(\x0e\x32\x18.sandboxd.v1.IsolateKind\x12#\n\x06limits\x18\t \x01(\x0b\x32\x13.sandboxd.v1.Limits\x12\x14\n\x0coutput_paths\x18\n \x03(\t\x12\r\n\x05\x66\x61\x63\x65t\x18\x0b \x01(\t\x12\x13\n\x0boutput_repo\x18\x0c \x01(\t\x12\x15\n\routput_branch\x18\r \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\nOutputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"R\n\x07Timings\x12\x11\n\tqueued_us\x18\x01 \x01(\x04\x12\x12\n\nacquire_us\x18\x02 \x01(\x04\x12\x0e\n\x06run_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\"X\n\x0bIsolateInfo\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.sandboxd.v1.IsolateKind\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x10\n\x08pool_hit\x18\x03 \x01(\x08\"\x8b\x03\n\rExecuteResult\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.sandboxd.v1.Status\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06stdout\x18\x04 \x01(\x0c\x12\x0e\n\x06stderr\x18\x05 \x01(\x0c\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x1a\n\x12stdout_total_bytes\x18\x08 \x01(\x04\x12\x1a\n\x12stderr_total_bytes\x18\t \x01(\x04\x12&\n\x05\x66iles\x18\n \x03(\x0b\x32\x17.sandboxd.v1.OutputFile\x12%\n\x07timings\x18\x0b \x01(\x0b\x32\x14.sandboxd.v1.Timings\x12)\n\x07isolate\x18\x0c \x01(\x0b\x32\x18.sandboxd.v1.IsolateInfo\x12\x0f\n\x07message\x18\r \x01(\t\x12\x15\n\routput_commit\x18\x0e \x01(\t\"=\n\x0f\x45xecuteResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.sandboxd.v1.ExecuteResult\"\x94\x01\n\x0bOutputChunk\x12/\n\x06stream\x18\x01 \x01(\x0e\x32\x1f.sandboxd.v1.OutputChunk.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\"z\n\x15\x45xecuteStreamResponse\x12*\n\x06output\x18\x01 \x01(\x0b\x32\x18.sandboxd.v1.OutputChunkH\x00\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1a.sandboxd.v1.ExecuteResultH\x00\x42\x07\n\x05\x65vent*\x8f\x01\n\x08Language\x12\x18\n\x14LANGUAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fLANGUAGE_PYTHON\x10\x01\x12\x17\n\x13LANGUAGE_JAVASCRIPT\x10\x02\x12\x11\n\rLANGUAGE_WASI\x10\x03\x12\x12\n\x0eLANGUAGE_SHELL\x10\x04\x12\x14\n\x10LANGUAGE_COMMAND\x10\x05*R\n\x0bIsolateKind\x12\x15\n\x11ISOLATE_KIND_AUTO\x10\x00\x12\x15\n\x11ISOLATE_KIND_WASM\x10\x01\x12\x15\n\x11ISOLATE_KIND_JAIL\x10\x02*\xed\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x10\n\x0cSTATUS_ERROR\x10\x02\x12\x12\n\x0eSTATUS_TIMEOUT\x10\x03\x12\x17\n\x13STATUS_MEMORY_LIMIT\x10\x04\x12\x17\n\x13STATUS_OUTPUT_LIMIT\x10\x05\x12\x14\n\x10STATUS_CPU_LIMIT\x10\x06\x12\x1d\n\x19STATUS_SECURITY_VIOLATION\x10\x07\x12\x14\n\x10STATUS_CANCELLED\x10\x08\x12\x19\n\x15STATUS_INTERNAL_ERROR\x10\t2\xa4\x01\n\x08\x45xecutor\x12\x44\n\x07\x45xecute\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x1c.sandboxd.v1.ExecuteResponse\x12R\n\rExecuteStream\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\".sandboxd.v1.ExecuteStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asandboxd/v1/executor.proto\x12\x0bsandboxd.v1\"X\n\x06Limits\x12\x12\n\ntimeout_ms\x18\x01 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06\x63pu_ms\x18\x04 \x01(\x04\"3\n\x04\x46ile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0c\n\x04mode\x18\x03 \x01(\r\"\x96\x03\n\x0e\x45xecuteRequest\x12\'\n\x08language\x18\x01 \x01(\x0e\x32\x15.sandboxd.v1.Language\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06module\x18\x03 \x01(\x0c\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12\r\n\x05stdin\x18\x05 \x01(\x0c\x12\x31\n\x03\x65nv\x18\x06 \x03(\x0b\x32$.sandboxd.v1.ExecuteRequest.EnvEntry\x12 \n\x05\x66iles\x18\x07 \x03(\x0b\x32\x11.sandboxd.v1.File\x12)\n\x07isolate\x18\x08 \x01(\x0e\x32\x18.sandboxd.v1.IsolateKind\x12#\n\x06limits\x18\t \x01(\x0b\x32\x13.sandboxd.v1.Limits\x12\x14\n\x0coutput_paths\x18\n \x03(\t\x12\r\n\x05\x66\x61\x63\x65t\x18\x0b \x01(\t\x12\x13\n\x0boutput_repo\x18\x0c \x01(\t\x12\x15\n\routput_branch\x18\r \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\nOutputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nexecutable\x18\x06 \x01(\x08\"R\n\x07Timings\x12\x11\n\tqueued_us\x18\x01 \x01(\x04\x12\x12\n\nacquire_us\x18\x02 \x01(\x04\x12\x0e\n\x06run_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\"X\n\x0bIsolateInfo\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.sandboxd.v1.IsolateKind\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x10\n\x08pool_hit\x18\x03 \x01(\x08\"\x8b\x03\n\rExecuteResult\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.sandboxd.v1.Status\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06stdout\x18\x04 \x01(\x0c\x12\x0e\n\x06stderr\x18\x05 \x01(\x0c\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x1a\n\x12stdout_total_bytes\x18\x08 \x01(\x04\x12\x1a\n\x12stderr_total_bytes\x18\t \x01(\x04\x12&\n\x05\x66iles\x18\n \x03(\x0b\x32\x17.sandboxd.v1.OutputFile\x12%\n\x07timings\x18\x0b \x01(\x0b\x32\x14.sandboxd.v1.Timings\x12)\n\x07isolate\x18\x0c \x01(\x0b\x32\x18.sandboxd.v1.IsolateInfo\x12\x0f\n\x07message\x18\r \x01(\t\x12\x15\n\routput_commit\x18\x0e \x01(\t\"=\n\x0f\x45xecuteResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.sandboxd.v1.ExecuteResult\"\x94\x01\n\x0bOutputChunk\x12/\n\x06stream\x18\x01 \x01(\x0e\x32\x1f.sandboxd.v1.OutputChunk.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\"z\n\x15\x45xecuteStreamResponse\x12*\n\x06output\x18\x01 \x01(\x0b\x32\x18.sandboxd.v1.OutputChunkH\x00\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1a.sandboxd.v1.ExecuteResultH\x00\x42\x07\n\x05\x65vent*\x8f\x01\n\x08Language\x12\x18\n\x14LANGUAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fLANGUAGE_PYTHON\x10\x01\x12\x17\n\x13LANGUAGE_JAVASCRIPT\x10\x02\x12\x11\n\rLANGUAGE_WASI\x10\x03\x12\x12\n\x0eLANGUAGE_SHELL\x10\x04\x12\x14\n\x10LANGUAGE_COMMAND\x10\x05*R\n\x0bIsolateKind\x12\x15\n\x11ISOLATE_KIND_AUTO\x10\x00\x12\x15\n\x11ISOLATE_KIND_WASM\x10\x01\x12\x15\n\x11ISOLATE_KIND_JAIL\x10\x02*\xed\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x10\n\x0cSTATUS_ERROR\x10\x02\x12\x12\n\x0eSTATUS_TIMEOUT\x10\x03\x12\x17\n\x13STATUS_MEMORY_LIMIT\x10\x04\x12\x17\n\x13STATUS_OUTPUT_LIMIT\x10\x05\x12\x14\n\x10STATUS_CPU_LIMIT\x10\x06\x12\x1d\n\x19STATUS_SECURITY_VIOLATION\x10\x07\x12\x14\n\x10STATUS_CANCELLED\x10\x08\x12\x19\n\x15STATUS_INTERNAL_ERROR\x10\t2\xa4\x01\n\x08\x45xecutor\x12\x44\n\x07\x45xecute\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\x1c.sandboxd.v1.ExecuteResponse\x12R\n\rExecuteStream\x12\x1b.sandboxd.v1.ExecuteRequest\x1a\".sandboxd.v1.ExecuteStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTEREQUEST_ENVENTRY']._loaded_options = None
   _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_LANGUAGE']._serialized_start=1599
-  _globals['_LANGUAGE']._serialized_end=1742
-  _globals['_ISOLATEKIND']._serialized_start=1744
-  _globals['_ISOLATEKIND']._serialized_end=1826
-  _globals['_STATUS']._serialized_start=1829
-  _globals['_STATUS']._serialized_end=2066
+  _globals['_LANGUAGE']._serialized_start=1619
+  _globals['_LANGUAGE']._serialized_end=1762
+  _globals['_ISOLATEKIND']._serialized_start=1764
+  _globals['_ISOLATEKIND']._serialized_end=1846
+  _globals['_STATUS']._serialized_start=1849
+  _globals['_STATUS']._serialized_end=2086
   _globals['_LIMITS']._serialized_start=43
   _globals['_LIMITS']._serialized_end=131
   _globals['_FILE']._serialized_start=133
@@ -49,21 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_start=551
   _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_end=593
   _globals['_OUTPUTFILE']._serialized_start=595
-  _globals['_OUTPUTFILE']._serialized_end=686
-  _globals['_TIMINGS']._serialized_start=688
-  _globals['_TIMINGS']._serialized_end=770
-  _globals['_ISOLATEINFO']._serialized_start=772
-  _globals['_ISOLATEINFO']._serialized_end=860
-  _globals['_EXECUTERESULT']._serialized_start=863
-  _globals['_EXECUTERESULT']._serialized_end=1258
-  _globals['_EXECUTERESPONSE']._serialized_start=1260
-  _globals['_EXECUTERESPONSE']._serialized_end=1321
-  _globals['_OUTPUTCHUNK']._serialized_start=1324
-  _globals['_OUTPUTCHUNK']._serialized_end=1472
-  _globals['_OUTPUTCHUNK_STREAM']._serialized_start=1402
-  _globals['_OUTPUTCHUNK_STREAM']._serialized_end=1472
-  _globals['_EXECUTESTREAMRESPONSE']._serialized_start=1474
-  _globals['_EXECUTESTREAMRESPONSE']._serialized_end=1596
-  _globals['_EXECUTOR']._serialized_start=2069
-  _globals['_EXECUTOR']._serialized_end=2233
+  _globals['_OUTPUTFILE']._serialized_end=706
+  _globals['_TIMINGS']._serialized_start=708
+  _globals['_TIMINGS']._serialized_end=790
+  _globals['_ISOLATEINFO']._serialized_start=792
+  _globals['_ISOLATEINFO']._serialized_end=880
+  _globals['_EXECUTERESULT']._serialized_start=883
+  _globals['_EXECUTERESULT']._serialized_end=1278
+  _globals['_EXECUTERESPONSE']._serialized_start=1280
+  _globals['_EXECUTERESPONSE']._serialized_end=1341
+  _globals['_OUTPUTCHUNK']._serialized_start=1344
+  _globals['_OUTPUTCHUNK']._serialized_end=1492
+  _globals['_OUTPUTCHUNK_STREAM']._serialized_start=1422
+  _globals['_OUTPUTCHUNK_STREAM']._serialized_end=1492
+  _globals['_EXECUTESTREAMRESPONSE']._serialized_start=1494
+  _globals['_EXECUTESTREAMRESPONSE']._serialized_end=1616
+  _globals['_EXECUTOR']._serialized_start=2089
+  _globals['_EXECUTOR']._serialized_end=2253
 # @@protoc_insertion_point(module_scope)

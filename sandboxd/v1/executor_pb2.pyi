@@ -267,12 +267,15 @@ class OutputFile(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    EXECUTABLE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     content: _builtins.bytes
     truncated: _builtins.bool
     size: _builtins.int
     error: _builtins.str
     """Why the file could not be returned (missing, not a regular file, ...); empty when returned."""
+    executable: _builtins.bool
+    """An execute bit is set (JAIL isolates; WASM files have no permission bits)."""
     def __init__(
         self,
         *,
@@ -281,10 +284,11 @@ class OutputFile(_message.Message):
         truncated: _builtins.bool = ...,
         size: _builtins.int = ...,
         error: _builtins.str = ...,
+        executable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "error", b"error", "path", b"path", "size", b"size", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "error", b"error", "executable", b"executable", "path", b"path", "size", b"size", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

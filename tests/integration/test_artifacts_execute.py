@@ -48,6 +48,17 @@ def test_execution_outputs_are_committed_to_the_repo(client: Client) -> None:
     assert [c.id for c in log] == [execution.output_commit]
 
 
+def test_a_script_a_jail_made_executable_is_committed_executable(client: Client) -> None:
+    repo = new_repo(client)
+    execution = client.run_code(
+        "printf '#!/bin/sh\\necho built\\n' > build.sh && chmod +x build.sh && echo x > notes",
+        "shell", output_paths=["build.sh", "notes"], output_repo=repo.name)
+    assert execution.ok, execution.stderr
+    assert [f.executable for f in execution.files] == [True, False]
+    modes = {e.path: e.mode for e in client.artifacts.list(repo.name)}
+    assert modes == {"build.sh": 0o100755, "notes": 0o100644}
+
+
 def test_unknown_output_repo_is_rejected_before_running(client: Client) -> None:
     with pytest.raises(InvalidArgumentError) as info:
         client.run_code("open('x', 'w').write('1')", output_paths=["x"],

@@ -201,3 +201,12 @@ def test_run_input_files_keep_their_permission_bits(target: str, tmp_path: Path)
     done = sandboxd("run", "--target", target, "--lang", "command", "--file-in",
                     f"bin/run.sh={script}", "-c", "./bin/run.sh")
     assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr
+
+
+def test_run_output_files_keep_their_execute_bit(target: str, tmp_path: Path) -> None:
+    done = sandboxd("run", "--target", target, "--lang", "shell", "--output", "tool.sh",
+                    "--output", "data.txt", "--output-dir", str(tmp_path), "-c",
+                    "echo 'echo hi' > tool.sh && chmod 755 tool.sh && echo 1 > data.txt")
+    assert done.returncode == 0, done.stderr
+    assert os.access(tmp_path / "tool.sh", os.X_OK)
+    assert not os.access(tmp_path / "data.txt", os.X_OK)

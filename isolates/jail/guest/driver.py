@@ -208,7 +208,7 @@ def _write_inputs(files: list[dict[str, Any]]) -> str:
 def _read_output(path: str, cap: int) -> dict[str, Any]:
     """Read one output file, refusing symlinks (in any component), hard links and non-files."""
     result: dict[str, Any] = {"path": path, "content": "", "truncated": False, "size": 0,
-                              "error": ""}
+                              "error": "", "executable": False}
     parts = path.split("/")
     if path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
         result["error"] = "not a safe relative path"
@@ -255,6 +255,7 @@ def _read_output(path: str, cap: int) -> dict[str, Any]:
         result["content"] = _b64(data)
         result["size"] = info.st_size
         result["truncated"] = info.st_size > len(data)
+        result["executable"] = bool(info.st_mode & 0o111)
     except FileNotFoundError:
         result["error"] = "missing"
     except OSError as exc:
