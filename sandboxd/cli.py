@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="language (default: from the file extension, else python)")
     run.add_argument("--isolate", choices=ISOLATES, default="auto", help="isolate kind")
     run.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
-    run.add_argument("--memory", type=int, help="memory limit in bytes")
+    run.add_argument("--memory", type=_byte_size, metavar="SIZE",
+                     help="memory limit: bytes, or with a K, M or G suffix (binary: 512M)")
     run.add_argument("--cpu-time", type=float, metavar="S",
                      help="CPU-time limit in seconds, all processes counted (jail isolates)")
     run.add_argument("--file-in", action="append", default=[], metavar="PATH[=LOCAL]",
@@ -313,6 +314,20 @@ def _input_files(items: list[str]) -> tuple[dict[str, bytes], dict[str, int]]:
         except OSError as exc:
             raise ValueError(f"cannot read input file {source}: {exc.strerror}") from None
     return files, modes
+
+
+_SIZE_SUFFIXES = {"K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _byte_size(text: str) -> int:
+    """A size such as 268435456, 512M or 1G (binary multiples, as `ulimit` and docker read)."""
+    digits, factor = text.strip(), 1
+    if digits[-1:].upper() in _SIZE_SUFFIXES:
+        digits, factor = digits[:-1], _SIZE_SUFFIXES[digits[-1].upper()]
+    if not (digits.isascii() and digits.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in bytes (e.g. 536870912 or 512M)")
+    return int(digits) * factor
 
 
 def _split_env(item: str) -> tuple[str, str]:

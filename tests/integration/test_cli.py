@@ -210,3 +210,13 @@ def test_run_output_files_keep_their_execute_bit(target: str, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert os.access(tmp_path / "tool.sh", os.X_OK)
     assert not os.access(tmp_path / "data.txt", os.X_OK)
+
+
+def test_run_memory_takes_a_size_suffix(target: str) -> None:
+    done = sandboxd("run", "--target", target, "--isolate", "jail", "--memory", "96M", "-c",
+                    "x = bytearray(200 * 1024 * 1024)")
+    assert f"memory limit of {96 * 1024**2} bytes reached" in done.stderr
+    for bad in ("12X", "M", "1.5G", "²"):
+        refused = sandboxd("run", "--target", target, "--memory", bad, "-c", "pass")
+        assert refused.returncode == 2
+        assert f"argument --memory: {bad!r} is not a size in bytes" in refused.stderr
