@@ -21,6 +21,7 @@ class Case:
     files: dict[str, bytes] = field(default_factory=dict)
     returned: dict[str, bytes] = field(default_factory=dict)
     """Output files requested, with the content `python3 -c` leaves in them."""
+    env: dict[str, str] = field(default_factory=dict)
 
 
 CASES = {
@@ -33,6 +34,14 @@ CASES = {
     ),
     "imports-own-files": Case(
         "import helper\nprint(helper.ANSWER)\n", b"42\n", files={"helper.py": b"ANSWER = 42\n"},
+    ),
+    # PYTHONPATH's entries follow '' on sys.path, made absolute (the empty one: the directory).
+    "pythonpath": Case(
+        "import os, sys, mod_a, mod_b\n"
+        "print(mod_a.X, mod_b.Y, sys.path[0], [os.path.relpath(p) for p in sys.path[1:4]])\n",
+        b"1 2  ['lib', '.', 'src/pkgs']\n",
+        files={"lib/mod_a.py": b"X = 1\n", "src/pkgs/mod_b.py": b"Y = 2\n"},
+        env={"PYTHONPATH": "lib::src/pkgs"},
     ),
     # pickle finds a function or class through its module, `__main__`.
     "pickles-top-level": Case(

@@ -84,7 +84,7 @@ def test_python_thread_left_running_does_not_hold_the_result(factory: JailFactor
 
 @python3_c.all_cases
 def test_python_runs_as_under_python3_c(factory: JailFactory, case: python3_c.Case) -> None:
-    result = run(factory, language=Language.PYTHON, code=case.code,
+    result = run(factory, language=Language.PYTHON, code=case.code, env=case.env,
                  output_paths=tuple(case.returned),
                  files=tuple(InputFile(path=p, content=c) for p, c in case.files.items()))
     assert (result.status, result.stdout, result.stderr) == (Status.OK, case.stdout, b""), result

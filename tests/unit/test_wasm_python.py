@@ -59,7 +59,7 @@ def test_print(factory: PythonFactory) -> None:
 
 @python3_c.cases
 def test_python_runs_as_under_python3_c(factory: PythonFactory, case: python3_c.Case) -> None:
-    result = run(factory, case.code, output_paths=tuple(case.returned),
+    result = run(factory, case.code, env=case.env, output_paths=tuple(case.returned),
                  files=tuple(InputFile(path=p, content=c) for p, c in case.files.items()))
     assert (result.status, result.stdout, result.stderr) == (Status.OK, case.stdout, b""), result
     assert {f.path: f.content for f in result.files} == case.returned

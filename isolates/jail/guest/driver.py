@@ -278,10 +278,11 @@ def _run_python(code: str, *, rehearsal: bool = False) -> tuple[int, bool]:
     Its end is the interpreter's exit as a program sees it (`_at_exit`), but for a `rehearsal`
     (`_warm_up`), which waits for no thread, runs no atexit callback (those of modules the
     operator preloads would otherwise run before the request) and puts `sys` back as it was.
+    The interpreter runs isolated (`-I`), so `PYTHONPATH` is applied here, as CPython would.
     """
-    argv, previous_main = sys.argv, sys.modules["__main__"]
+    argv, previous_main, previous_path = sys.argv, sys.modules["__main__"], sys.path[:]
     sys.argv = ["-c"]
-    sys.path.insert(0, "")
+    sys.path[:0] = ["", *_pythonpath()]
     main = type(sys)("__main__")
     namespace: dict[str, Any] = vars(main)
     namespace.update(__loader__=getattr(previous_main, "__loader__", None),
@@ -303,8 +304,7 @@ def _run_python(code: str, *, rehearsal: bool = False) -> tuple[int, bool]:
         status = 1
     alone = _at_exit(namespace, program_end=not rehearsal)
     if rehearsal:
-        sys.argv, sys.modules["__main__"] = argv, previous_main
-        del sys.path[0]  # the "" put first above
+        sys.argv, sys.modules["__main__"], sys.path[:] = argv, previous_main, previous_path
     for stream in (sys.stdout, sys.stderr):
         # A closed or broken stream must not change the exit code.
         try:
@@ -312,6 +312,12 @@ def _run_python(code: str, *, rehearsal: bool = False) -> tuple[int, bool]:
         except BaseException:
             pass
     return status, alone
+
+
+def _pythonpath() -> list[str]:
+    """The `PYTHONPATH` entries of the environment, made absolute as CPython makes them."""
+    value = os.environ.get("PYTHONPATH", "")
+    return [os.path.abspath(entry) for entry in value.split(os.pathsep)] if value else []
 
 
 def _at_exit(namespace: dict[str, Any], *, program_end: bool) -> bool:

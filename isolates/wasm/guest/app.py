@@ -340,7 +340,7 @@ def _run(
     if env:
         os.environ.update(entry.split("=", 1) for entry in env)
     ending, exit_code, message = "ok", 0, ""
-    main = sys.modules.get("__main__")
+    main, path = sys.modules.get("__main__"), sys.path[:]
     namespace = _main_namespace()
     try:
         if cwd != _CWD:
@@ -348,6 +348,10 @@ def _run(
 
             os.chdir(cwd)
             tempfile.tempdir = cwd
+        # As CPython at start-up: PYTHONPATH's entries follow '', made absolute.
+        pythonpath = os.environ.get("PYTHONPATH", "")
+        if pythonpath:
+            sys.path[1:1] = map(os.path.abspath, pythonpath.split(os.pathsep))
         # Registered so that tracebacks show the user's source lines.
         _linecache.cache[_FILENAME] = (len(code), None, code.splitlines(True), _FILENAME)
         exec(compile(code, _FILENAME, "exec", dont_inherit=True), namespace)
@@ -372,7 +376,7 @@ def _run(
         _safe_write(sys.stderr, _safe_format(exc))
     _at_exit(namespace, run_callbacks=not rehearsal)
     if rehearsal:
-        del sys.path[0]  # the "" of `_main_namespace`
+        sys.path[:] = path
         if main is not None:
             sys.modules["__main__"] = main
     for stream in (sys.stdout, sys.stderr):
