@@ -22,6 +22,7 @@ class Case:
     returned: dict[str, bytes] = field(default_factory=dict)
     """Output files requested, with the content `python3 -c` leaves in them."""
     env: dict[str, str] = field(default_factory=dict)
+    exit_code: int = 0
 
 
 CASES = {
@@ -42,6 +43,15 @@ CASES = {
         b"1 2  ['lib', '.', 'src/pkgs']\n",
         files={"lib/mod_a.py": b"X = 1\n", "src/pkgs/mod_b.py": b"Y = 2\n"},
         env={"PYTHONPATH": "lib::src/pkgs"},
+    ),
+    # An uncaught exception goes to the hook the program installed, with its own frames only.
+    "excepthook": Case(
+        "import sys\n"
+        "sys.excepthook = lambda t, e, tb: print('hooked', t.__name__, tb.tb_frame.f_code.co_name,"
+        " tb.tb_next)\n"
+        "raise ValueError('x')\n",
+        b"hooked ValueError <module> None\n",
+        exit_code=1,
     ),
     # pickle finds a function or class through its module, `__main__`.
     "pickles-top-level": Case(

@@ -87,7 +87,8 @@ def test_python_runs_as_under_python3_c(factory: JailFactory, case: python3_c.Ca
     result = run(factory, language=Language.PYTHON, code=case.code, env=case.env,
                  output_paths=tuple(case.returned),
                  files=tuple(InputFile(path=p, content=c) for p, c in case.files.items()))
-    assert (result.status, result.stdout, result.stderr) == (Status.OK, case.stdout, b""), result
+    assert (result.exit_code, result.stdout, result.stderr) == (case.exit_code, case.stdout, b"")
+    assert result.status is (Status.OK if case.exit_code == 0 else Status.ERROR), result.message
     assert {f.path: f.content for f in result.files} == case.returned
 
 

@@ -19,5 +19,5 @@ def test_case_matches_python3_c(tmp_path: Path, case: python3_c.Case) -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **case.env}
     done = subprocess.run([sys.executable, "-c", case.code], cwd=tmp_path, capture_output=True,
                           timeout=60, check=False, env=env)
-    assert (done.returncode, done.stdout, done.stderr) == (0, case.stdout, b"")
+    assert (done.returncode, done.stdout, done.stderr) == (case.exit_code, case.stdout, b"")
     assert {path: (tmp_path / path).read_bytes() for path in case.returned} == case.returned

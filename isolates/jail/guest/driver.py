@@ -346,16 +346,28 @@ def _at_exit(namespace: dict[str, Any], *, program_end: bool) -> bool:
 
 
 def _print_exception(exc: BaseException) -> None:
-    """Print the user's exception like CPython does, without the driver's own frame.
+    """Report the user's uncaught exception like CPython does, without the driver's own frame.
 
-    `traceback` is imported here, on the error path only: it pulls in `re`, `tokenize` and
-    `linecache`, which would cost every jail's start-up and memory for a minority of runs.
+    As at the interpreter's top level, a `sys.excepthook` the program installed gets it; if
+    that hook fails, both tracebacks are printed. `traceback` is imported here, on the error
+    path only: it pulls in `re`, `tokenize` and `linecache`, which would cost every jail's
+    start-up and memory for a minority of runs.
     """
     try:
         import traceback
 
         tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        traceback.print_exception(type(exc), exc, tb)
+        hook = sys.excepthook
+        if hook is sys.__excepthook__:
+            traceback.print_exception(type(exc), exc, tb)
+            return
+        try:
+            hook(type(exc), exc, tb)
+        except BaseException as hook_error:
+            print("Error in sys.excepthook:", file=sys.stderr)
+            traceback.print_exception(hook_error)
+            print("\nOriginal exception was:", file=sys.stderr)
+            traceback.print_exception(type(exc), exc, tb)
     except BaseException:
         # The code may have broken the import system or traceback itself: still say what.
         try:

@@ -24,6 +24,7 @@ import os
 import select as _select
 import sys
 import time
+from types import TracebackType
 
 import wit_world
 from wit_world.imports import host
@@ -285,14 +286,35 @@ _real_select = _select.select
 _real_poll = _select.poll
 
 
-def _format_exception(exc: BaseException) -> str:
-    import traceback
-
-    # Drop the frame of this module so the traceback starts at the user's code.
+def _user_traceback(exc: BaseException) -> TracebackType | None:
+    """`exc`'s traceback without the frame of this module: it starts at the user's code."""
     tb = exc.__traceback__
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    return tb
+
+
+def _format_exception(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc)))
+
+
+def _report_uncaught(exc: BaseException) -> None:
+    """Report the program's uncaught exception as CPython's top level does.
+
+    A `sys.excepthook` the program installed gets it; if that hook fails, both tracebacks are
+    printed. Otherwise the traceback goes to stderr.
+    """
+    hook = sys.excepthook
+    if hook is sys.__excepthook__:
+        _safe_write(sys.stderr, _safe_format(exc))
+        return
+    try:
+        hook(type(exc), exc, _user_traceback(exc))
+    except BaseException as hook_error:  # noqa: BLE001 - reported as CPython reports it
+        _safe_write(sys.stderr, f"Error in sys.excepthook:\n{_safe_format(hook_error)}\n"
+                                f"Original exception was:\n{_safe_format(exc)}")
 
 
 class WitWorld(wit_world.WitWorld):
@@ -373,7 +395,7 @@ def _run(
     except BaseException as exc:  # noqa: BLE001 - every user exception is a result
         ending, exit_code = "exception", 1
         message = f"{type(exc).__name__}: {exc}"[:1000]
-        _safe_write(sys.stderr, _safe_format(exc))
+        _report_uncaught(exc)
     _at_exit(namespace, run_callbacks=not rehearsal)
     if rehearsal:
         sys.path[:] = path
