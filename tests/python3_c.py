@@ -1,8 +1,8 @@
 """Programs whose output shows whether an isolate runs Python as `python3 -c` would.
 
 Both Python isolates (WASM and JAIL) run each case of `CASES` and must print what `python3 -c`
-prints; JAIL isolates also run `NATIVE_CASES`, which need threads or processes (WASI has
-neither).
+prints; JAIL isolates also run `NATIVE_CASES`, which need threads, processes or an
+interpreter command line (WASI has none of them).
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ CASES = {
 }
 
 NATIVE_CASES = {
+    # The interpreter's own command line, as `python3 -c` started it (WASI has none).
+    "orig-argv": Case("import sys\nprint(sys.orig_argv[1:])\n",
+                      b"['-c', 'import sys\\nprint(sys.orig_argv[1:])\\n']\n"),
     # As at the exit of `python3 -c`: non-daemon threads finish, then atexit callbacks run.
     "exit-waits-for-threads": Case(
         "import atexit, threading, time\n"

@@ -281,7 +281,10 @@ def _run_python(code: str, *, rehearsal: bool = False) -> tuple[int, bool]:
     The interpreter runs isolated (`-I`), so `PYTHONPATH` is applied here, as CPython would.
     """
     argv, previous_main, previous_path = sys.argv, sys.modules["__main__"], sys.path[:]
+    orig_argv = sys.orig_argv
     sys.argv = ["-c"]
+    # What `python3 -c` shows, not the options and bootstrap the jail started python3 with.
+    sys.orig_argv = ["python3", "-c", code]
     sys.path[:0] = ["", *_pythonpath()]
     main = type(sys)("__main__")
     namespace: dict[str, Any] = vars(main)
@@ -305,6 +308,7 @@ def _run_python(code: str, *, rehearsal: bool = False) -> tuple[int, bool]:
     alone = _at_exit(namespace, program_end=not rehearsal)
     if rehearsal:
         sys.argv, sys.modules["__main__"], sys.path[:] = argv, previous_main, previous_path
+        sys.orig_argv = orig_argv
     for stream in (sys.stdout, sys.stderr):
         # A closed or broken stream must not change the exit code.
         try:
