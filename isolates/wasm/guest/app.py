@@ -362,7 +362,7 @@ def _run(
     if env:
         os.environ.update(entry.split("=", 1) for entry in env)
     ending, exit_code, message = "ok", 0, ""
-    main, path = sys.modules.get("__main__"), sys.path[:]
+    main, path = sys.modules.get("__main__"), sys.path[:] if rehearsal else None
     namespace = _main_namespace()
     try:
         if cwd != _CWD:
@@ -370,10 +370,11 @@ def _run(
 
             os.chdir(cwd)
             tempfile.tempdir = cwd
-        # As CPython at start-up: PYTHONPATH's entries follow '', made absolute.
-        pythonpath = os.environ.get("PYTHONPATH", "")
-        if pythonpath:
-            sys.path[1:1] = map(os.path.abspath, pythonpath.split(os.pathsep))
+        # As CPython at start-up: PYTHONPATH's entries follow '', made absolute. The request's
+        # env is the whole environment; reading it here spares `os.environ`'s lookup path.
+        for entry in env:
+            if entry.startswith("PYTHONPATH=") and len(entry) > 11:
+                sys.path[1:1] = map(os.path.abspath, entry[11:].split(os.pathsep))
         # Registered so that tracebacks show the user's source lines.
         _linecache.cache[_FILENAME] = (len(code), None, code.splitlines(True), _FILENAME)
         exec(compile(code, _FILENAME, "exec", dont_inherit=True), namespace)
@@ -397,7 +398,7 @@ def _run(
         message = f"{type(exc).__name__}: {exc}"[:1000]
         _report_uncaught(exc)
     _at_exit(namespace, run_callbacks=not rehearsal)
-    if rehearsal:
+    if path is not None:
         sys.path[:] = path
         if main is not None:
             sys.modules["__main__"] = main
