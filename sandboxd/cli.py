@@ -239,9 +239,8 @@ def _run(args: argparse.Namespace) -> int:
         with Client(args.target) as client:
             execution = client.run_code(
                 code, language, timeout=args.timeout, files=files, file_modes=file_modes,
-                env=env, stdin=stdin,
-                isolate=args.isolate, memory=args.memory, cpu_time=args.cpu_time,
-                output_paths=args.output or None,
+                env=env, stdin=stdin, isolate=args.isolate, memory=args.memory,
+                cpu_time=args.cpu_time, output_paths=args.output or None,
                 argv=argv or None, module=module,
                 on_stdout=write_out if stream else None,
                 on_stderr=write_err if stream else None,
