@@ -211,7 +211,7 @@ def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
             # The paced row is the one compared with `python3 -c` (harness.RATIOS), and with
             # the paced gRPC floor measured around it: what the jail and the server's path add
             # to a call, apart from the VM's phase, which moves the floor by a millisecond.
-            half = 10 if quick else 25
+            half = _half_around(quick)
             floor_before = _health_checks(target, half, pause_s=pause)
             measured = _around(name, "gRPC jail python c=1", measure, quick)
             floor = summarize(GROUP, "gRPC floor: Health check, paced 0.1 s, around the jail row",
@@ -240,12 +240,17 @@ def _around(name: str, label: str, measure: Callable[[], list[float]],
     13.8 ms, the same command a few minutes later 19.7 ms. Measured around the row, the baseline
     sees the same stretch of time as the row it is compared with.
     """
-    half = 10 if quick else 25
+    half = _half_around(quick)
     before = _python_subprocess_samples(half)
     samples = measure()
     after = _python_subprocess_samples(half)
     return [summarize(GROUP, name, samples),
             summarize("baseline", around_name(label), before + after)]
+
+
+def _half_around(quick: bool) -> int:
+    """Samples of a baseline measured around a row: this many before it, as many after."""
+    return 10 if quick else 25
 
 
 def around_name(label: str) -> str:

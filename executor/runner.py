@@ -28,7 +28,7 @@ from isolates.base import (
     OutputSink,
     Status,
     Timings,
-    seconds_text,
+    wall_time_message,
 )
 from isolates.pool import WarmPool
 from scheduler.placement import choose_runtime
@@ -180,11 +180,11 @@ class ExecutionRunner:
 
         Its isolate is destroyed by the worker thread left behind, whenever that call returns.
         """
-        limit = seconds_text(validated.request.limits.timeout_s)
         return self._ended_early(
             validated, Status.TIMEOUT, 124,
-            f"wall-time limit of {limit} s reached; the program was blocked in a system call "
-            "the limit cannot interrupt, and its isolate was left to end on its own",
+            f"{wall_time_message(validated.request.limits.timeout_s)}; the program was blocked "
+            "in a system call the limit cannot interrupt, and its isolate was left to end on "
+            "its own",
             hit=False, arrival=arrival, queued_us=queued_us,
         )
 

@@ -19,6 +19,7 @@ from isolates.base import (
     IsolateKind,
     Language,
     Limits,
+    bytes_text,
     validate_relative_path,
 )
 from sandboxd.v1 import executor_pb2 as pb
@@ -223,10 +224,6 @@ def _check_output_paths(message: pb.ExecuteRequest, errors: list[tuple[str, str]
         seen.add(path)
 
 
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:g} MiB"
-
-
 def _check_limits(
     message: pb.ExecuteRequest, settings: Settings, errors: list[tuple[str, str]]
 ) -> Limits | None:
@@ -239,12 +236,12 @@ def _check_limits(
                        f"{max_timeout_ms} ms ({settings.max_timeout_s:g} s)"))
     if limits.memory_bytes > settings.max_memory_bytes:
         errors.append(("limits.memory_bytes", f"is {limits.memory_bytes} bytes; the limit is "
-                       f"{settings.max_memory_bytes} bytes ({_mib(settings.max_memory_bytes)})"))
+                       f"{bytes_text(settings.max_memory_bytes)}"))
     elif 0 < limits.memory_bytes < 16 * 1024**2:
         errors.append(("limits.memory_bytes", "must be at least 16777216 bytes (16 MiB)"))
     if limits.output_bytes > settings.max_output_bytes:
         errors.append(("limits.output_bytes", f"is {limits.output_bytes} bytes; the limit is "
-                       f"{settings.max_output_bytes} bytes ({_mib(settings.max_output_bytes)})"))
+                       f"{bytes_text(settings.max_output_bytes)}"))
     if limits.cpu_ms > max_timeout_ms:
         errors.append(("limits.cpu_ms", f"is {limits.cpu_ms} ms; the limit is {max_timeout_ms} ms "
                        f"({settings.max_timeout_s:g} s)"))

@@ -71,6 +71,21 @@ def seconds_text(seconds: float) -> str:
     return f"{round(seconds, 3):g}"
 
 
+def bytes_text(n: int) -> str:
+    """A size in bytes for messages, with its MiB: "1073741824 bytes (1024 MiB)"."""
+    return f"{n} bytes ({n / 1024**2:g} MiB)"
+
+
+def wall_time_message(timeout_s: float) -> str:
+    """The message of a TIMEOUT result, in the same words from every isolate kind."""
+    return f"wall-time limit of {seconds_text(timeout_s)} s reached"
+
+
+def memory_message(memory_bytes: int) -> str:
+    """The message of a MEMORY_LIMIT result, in the same words from every isolate kind."""
+    return f"memory limit of {memory_bytes} bytes reached"
+
+
 class InputFile(BaseModel):
     """A file placed in the working directory before the code runs."""
 

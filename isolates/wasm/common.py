@@ -12,7 +12,13 @@ from pathlib import Path
 
 import wasmtime
 
-from isolates.base import ExecutionRequest, OutputFile, Status, seconds_text
+from isolates.base import (
+    ExecutionRequest,
+    OutputFile,
+    Status,
+    memory_message,
+    wall_time_message,
+)
 from isolates.wasm.engine import Watch
 from isolates.wasm.output import OutputCapture
 from isolates.wasm.scratch import ScratchDir
@@ -75,7 +81,8 @@ def classify_error(
         return decided
     text = str(exc)
     if _looks_like_memory_exhaustion(text):
-        return Ending(Status.MEMORY_LIMIT, 137, memory_message(request))
+        return Ending(Status.MEMORY_LIMIT, 137,
+                      memory_message(request.limits.memory_bytes))
     first = _cause_line(text)
     return Ending(Status.ERROR, 1, f"the guest trapped: {first}")
 
@@ -88,7 +95,7 @@ def ending_for_reason(
         return Ending(Status.CANCELLED, 130, "execution cancelled")
     if reason == "timeout":
         limit = request.limits.timeout_s
-        return Ending(Status.TIMEOUT, 124, f"wall-time limit of {seconds_text(limit)} s reached")
+        return Ending(Status.TIMEOUT, 124, wall_time_message(limit))
     if reason == "output" or capture.overflowed is not None:
         return Ending(Status.OUTPUT_LIMIT, 1, capture.message())
     if reason == "descriptors":
@@ -96,10 +103,6 @@ def ending_for_reason(
                                        "(too many files open in WebAssembly isolates)")
     return None
 
-
-def memory_message(request: ExecutionRequest) -> str:
-    """The message of a MEMORY_LIMIT result."""
-    return f"memory limit of {request.limits.memory_bytes} bytes reached"
 
 
 def _looks_like_memory_exhaustion(text: str) -> bool:

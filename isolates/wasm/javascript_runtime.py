@@ -53,6 +53,7 @@ from isolates.base import (
     Limits,
     OutputSink,
     Status,
+    memory_message,
 )
 from isolates.wasm.build import RuntimePaths, load_built
 from isolates.wasm.common import (
@@ -61,7 +62,6 @@ from isolates.wasm.common import (
     collect_outputs,
     drop_traceback,
     ending_for_reason,
-    memory_message,
     wasi_config,
 )
 from isolates.wasm.engine import Watch, get_engine, limit_memory, new_store, running
@@ -378,7 +378,8 @@ class JavaScriptIsolate(Isolate):
             return Ending(Status.OK, 0)
         first = _first_error_line(capture)
         if first.startswith("InternalError: out of memory"):
-            return Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
+            return Ending(Status.MEMORY_LIMIT, 1,
+                          memory_message(request.limits.memory_bytes))
         return Ending(Status.ERROR, 1, first or "uncaught exception")
 
     def destroy(self) -> None:

@@ -39,6 +39,7 @@ from isolates.base import (
     Limits,
     OutputSink,
     Status,
+    memory_message,
 )
 from isolates.wasm.build import RuntimePaths, load_built
 from isolates.wasm.common import (
@@ -47,7 +48,6 @@ from isolates.wasm.common import (
     classify_error,
     collect_outputs,
     drop_traceback,
-    memory_message,
     wasi_config,
 )
 from isolates.wasm.engine import Watch, get_engine, limit_memory, new_store, running
@@ -377,7 +377,8 @@ class PythonIsolate(Isolate):
         if kind == "exit":
             return Ending(Status.OK if exit_code == 0 else Status.ERROR, exit_code)
         if kind == "memory":
-            return Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
+            return Ending(Status.MEMORY_LIMIT, 1,
+                          memory_message(request.limits.memory_bytes))
         return Ending(Status.ERROR, exit_code or 1, message)
 
     def destroy(self) -> None:

@@ -184,10 +184,7 @@ class ScratchDir:
         *parents, name = path.split("/")
         try:
             with self._open_dir(parents, create=False) as dir_fd:
-                try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    return _unreturned(path, "missing")
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)  # ENOENT: "missing"
                 if stat.S_ISLNK(st.st_mode):
                     return _unreturned(path, "is a symbolic link (not followed)")
                 if not stat.S_ISREG(st.st_mode):

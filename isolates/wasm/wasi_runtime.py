@@ -40,6 +40,7 @@ from isolates.base import (
     Limits,
     OutputSink,
     Status,
+    memory_message,
 )
 from isolates.wasm.build import runtime_paths
 from isolates.wasm.common import (
@@ -48,7 +49,6 @@ from isolates.wasm.common import (
     collect_outputs,
     drop_traceback,
     ending_for_reason,
-    memory_message,
     wasi_config,
 )
 from isolates.wasm.engine import Watch, get_engine, limit_memory, new_store, running
@@ -377,7 +377,8 @@ class WasiIsolate(Isolate):
             drop_traceback(exc)
             ending = classify_error(exc, self._watch, ctx.capture, request)
             if ending.status == Status.ERROR and _memory_exhausted(store, instance, request):
-                ending = Ending(Status.MEMORY_LIMIT, 1, memory_message(request))
+                ending = Ending(Status.MEMORY_LIMIT, 1,
+                                memory_message(request.limits.memory_bytes))
             elif "unknown import" in str(exc):
                 ending.message = (
                     f"the module imports what WASI does not provide: {_first_line(str(exc))}"

@@ -280,8 +280,8 @@ def _run_python(code: str, *, rehearsal: bool = False) -> tuple[int, bool]:
     operator preloads would otherwise run before the request) and puts `sys` back as it was.
     The interpreter runs isolated (`-I`), so `PYTHONPATH` is applied here, as CPython would.
     """
-    argv, previous_main, previous_path = sys.argv, sys.modules["__main__"], sys.path[:]
-    orig_argv = sys.orig_argv
+    previous_main = sys.modules["__main__"]
+    saved = (sys.argv, sys.orig_argv, previous_main, sys.path[:]) if rehearsal else None
     sys.argv = ["-c"]
     # What `python3 -c` shows, not the options and bootstrap the jail started python3 with.
     sys.orig_argv = ["python3", "-c", code]
@@ -306,9 +306,8 @@ def _run_python(code: str, *, rehearsal: bool = False) -> tuple[int, bool]:
         _print_exception(exc)
         status = 1
     alone = _at_exit(namespace, program_end=not rehearsal)
-    if rehearsal:
-        sys.argv, sys.modules["__main__"], sys.path[:] = argv, previous_main, previous_path
-        sys.orig_argv = orig_argv
+    if saved is not None:
+        sys.argv, sys.orig_argv, sys.modules["__main__"], sys.path[:] = saved
     for stream in (sys.stdout, sys.stderr):
         # A closed or broken stream must not change the exit code.
         try:

@@ -362,19 +362,14 @@ def _run(
     if env:
         os.environ.update(entry.split("=", 1) for entry in env)
     ending, exit_code, message = "ok", 0, ""
-    main, path = sys.modules.get("__main__"), sys.path[:] if rehearsal else None
-    namespace = _main_namespace()
+    previous = (sys.modules.get("__main__"), sys.path[:]) if rehearsal else None
+    namespace = _main_namespace(env)
     try:
         if cwd != _CWD:
             import tempfile
 
             os.chdir(cwd)
             tempfile.tempdir = cwd
-        # As CPython at start-up: PYTHONPATH's entries follow '', made absolute. The request's
-        # env is the whole environment; reading it here spares `os.environ`'s lookup path.
-        for entry in env:
-            if entry.startswith("PYTHONPATH=") and len(entry) > 11:
-                sys.path[1:1] = map(os.path.abspath, entry[11:].split(os.pathsep))
         # Registered so that tracebacks show the user's source lines.
         _linecache.cache[_FILENAME] = (len(code), None, code.splitlines(True), _FILENAME)
         exec(compile(code, _FILENAME, "exec", dont_inherit=True), namespace)
@@ -398,8 +393,8 @@ def _run(
         message = f"{type(exc).__name__}: {exc}"[:1000]
         _report_uncaught(exc)
     _at_exit(namespace, run_callbacks=not rehearsal)
-    if path is not None:
-        sys.path[:] = path
+    if previous is not None:
+        main, sys.path[:] = previous
         if main is not None:
             sys.modules["__main__"] = main
     for stream in (sys.stdout, sys.stderr):
@@ -416,14 +411,15 @@ def _run(
     return f"{header}\n{out_tail}{err_tail}{message}"
 
 
-def _main_namespace() -> dict[str, object]:
+def _main_namespace(env: list[str]) -> dict[str, object]:
     """The globals of a program run as under `python3 -c`.
 
     A new `__main__` module that `sys.modules` holds, so what the program defines at top level
     can be found there (pickle looks functions up by module), and `''`, the working directory,
-    first on `sys.path`, so the program imports modules from its own files.
+    first on `sys.path`, so the program imports modules from its own files, followed by the
+    entries of the request's `PYTHONPATH`.
     """
-    sys.path.insert(0, "")
+    sys.path[:0] = ["", *_pythonpath(env)]
     main = type(sys)("__main__")
     main.__dict__.update(
         __builtins__=__builtins__, __annotations__={},
@@ -431,6 +427,17 @@ def _main_namespace() -> dict[str, object]:
     )
     sys.modules["__main__"] = main
     return main.__dict__
+
+
+def _pythonpath(env: list[str]) -> list[str]:
+    """The entries of `PYTHONPATH` in the request's `env`, made absolute as CPython makes them.
+
+    The request's env is the whole environment: reading it spares `os.environ`'s lookup.
+    """
+    for entry in env:
+        if entry.startswith("PYTHONPATH=") and len(entry) > len("PYTHONPATH="):
+            return [os.path.abspath(p) for p in entry[len("PYTHONPATH="):].split(os.pathsep)]
+    return []
 
 
 def _at_exit(namespace: dict[str, object], *, run_callbacks: bool) -> None:
