@@ -37,6 +37,7 @@ from scheduler.placement import PlacementError
 __all__ = ["ExecutorService", "add_to_server"]
 
 log = logging.getLogger(__name__)
+execution_log = logging.getLogger("sandboxd.execution")
 
 SERVICE_NAME = "sandboxd.v1.Executor"
 STUCK_GRACE_S = 10.0
@@ -181,7 +182,7 @@ class ExecutorService:
                     on_output=on_output, cancel=cancel,
                 )
             except asyncio.CancelledError:
-                self._observe(self._runner.cancelled_on_loop(
+                self._observe(validated, self._runner.cancelled_on_loop(
                     validated, arrival=arrival, queued_us=int(queued_s * 1e6)))
                 raise
             if outcome is None:
@@ -198,7 +199,7 @@ class ExecutorService:
             )
         finally:
             self._metrics.running.dec()
-        self._observe(outcome)
+        self._observe(validated, outcome)
         return outcome
 
     async def _await_worker(
@@ -230,12 +231,12 @@ class ExecutorService:
             try:
                 cancelled = await asyncio.wait_for(future, STUCK_GRACE_S)
             except TimeoutError:
-                self._abandon(validated, worker, arrival, queued_s)
+                self._observe(validated, self._abandon(validated, worker, arrival, queued_s))
             except Exception:
                 log.exception("execution %s failed while being cancelled",
                               validated.request.execution_id)
             else:
-                self._observe(cancelled)
+                self._observe(validated, cancelled)
             raise
         if done:
             return future.result()
@@ -284,12 +285,29 @@ class ExecutorService:
             output_branch=validated.output_branch,
         )
 
-    def _observe(self, outcome: ExecutionOutcome) -> None:
+    def _observe(self, validated: ValidatedExecute, outcome: ExecutionOutcome) -> None:
+        """Count the execution in the metrics and log its line (once the loop is free)."""
         t = outcome.timings
         self._metrics.finished(
             outcome.result.status.value, outcome.kind.value, outcome.runtime,
             total_s=t.total_us / 1e6, run_s=t.run_us / 1e6, acquire_s=t.acquire_us / 1e6,
         )
+        # Written on the loop's next turn, after the response has been handed to gRPC:
+        # formatting and writing the line took 0.18 ms of a call after an idle pause.
+        asyncio.get_running_loop().call_soon(_log_outcome, validated.request.execution_id,
+                                             outcome)
+
+
+def _log_outcome(execution_id: str, outcome: ExecutionOutcome) -> None:
+    """The execution's one log line: id, where it ran, how it ended, where the time went."""
+    t = outcome.timings
+    execution_log.info(
+        "execution %s kind=%s runtime=%s status=%s exit=%d hit=%s queued_us=%d acquire_us=%d "
+        "run_us=%d total_us=%d",
+        execution_id, outcome.kind.value, outcome.runtime, outcome.result.status.value,
+        outcome.result.exit_code, outcome.pool_hit, t.queued_us, t.acquire_us, t.run_us,
+        t.total_us,
+    )
 
 
 def to_proto(validated: ValidatedExecute, outcome: ExecutionOutcome) -> pb.ExecuteResult:

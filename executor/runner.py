@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -34,9 +33,6 @@ from isolates.pool import WarmPool
 from scheduler.placement import choose_runtime
 
 __all__ = ["ExecutionOutcome", "ExecutionRunner", "FacetGrants", "OutputCommitter"]
-
-log = logging.getLogger("sandboxd.execution")
-
 
 class FacetGrants(Protocol):
     """Exclusive access to a facet's directory for one execution at a time."""
@@ -252,13 +248,6 @@ class ExecutionRunner:
         if validated.output_repo and self._committer is not None and result.status is Status.OK:
             result, commit = self._commit_outputs(validated, result, self._committer)
         timings.total_us = _us(time.perf_counter() - arrival)
-        log.info(
-            "execution %s kind=%s runtime=%s status=%s exit=%d hit=%s queued_us=%d "
-            "acquire_us=%d run_us=%d total_us=%d",
-            validated.request.execution_id, kind.value, runtime, result.status.value,
-            result.exit_code, hit, timings.queued_us, timings.acquire_us, timings.run_us,
-            timings.total_us,
-        )
         return ExecutionOutcome(result, kind, runtime, hit, timings, commit)
 
 

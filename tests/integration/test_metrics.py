@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import urllib.request
 
 from sandboxd import Client
@@ -19,3 +21,42 @@ def test_metrics_endpoint_counts_executions_and_pool(server: RunningServer) -> N
     assert "sandboxd_pool_size" in text
     assert "sandboxd_pool_refill_duration_seconds" in text
     assert "sandboxd_pool_hits_total" in text or "sandboxd_pool_misses_total" in text
+
+
+class _Lines(logging.Handler):
+    """Collects the formatted lines of one logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_each_execution_logs_one_line_with_where_and_how_it_ran(server: RunningServer) -> None:
+    logger = logging.getLogger("sandboxd.execution")
+    collected = _Lines()
+    logger.addHandler(collected)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with Client(server.target) as client:
+            wasm = client.run_code("print(1)", isolate="wasm")
+            jail = client.run_code("import sys; sys.exit(3)", isolate="jail")
+        # The line is written just after the response has left.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            any(e.execution_id in line for line in collected.lines) for e in (wasm, jail)
+        ):
+            time.sleep(0.01)
+    finally:
+        logger.removeHandler(collected)
+        logger.setLevel(previous_level)
+    wasm_lines = [line for line in collected.lines if wasm.execution_id in line]
+    jail_lines = [line for line in collected.lines if jail.execution_id in line]
+    assert len(wasm_lines) == 1 and len(jail_lines) == 1, collected.lines
+    assert "kind=wasm runtime=python status=ok exit=0" in wasm_lines[0]
+    assert "kind=jail runtime=native status=error exit=3" in jail_lines[0]
+    assert f"total_us={jail.timings.total_us}" in jail_lines[0]
+    assert f"run_us={jail.timings.run_us}" in jail_lines[0]
