@@ -208,12 +208,13 @@ def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
             if not pause:
                 rows.append(summarize(GROUP, name, measure()))
                 continue
-            # The paced row is the one compared with `python3 -c` (harness.RATIOS), and with
-            # the paced gRPC floor measured around it: what the jail and the server's path add
-            # to a call, apart from the VM's phase, which moves the floor by a millisecond.
+            # The paced row is the one compared with `python3 -c` (harness.RATIOS), back to
+            # back and paced as the row is, and with the paced gRPC floor measured around it:
+            # what the jail and the server's path add to a call, apart from the VM's phase,
+            # which moves the floor by a millisecond.
             half = _half_around(quick)
             floor_before = _health_checks(target, half, pause_s=pause)
-            measured = _around(name, "gRPC jail python c=1", measure, quick)
+            measured = _around(name, "gRPC jail python c=1", measure, quick, pause_s=pause)
             floor = summarize(GROUP, "gRPC floor: Health check, paced 0.1 s, around the jail row",
                               floor_before + _health_checks(target, half, pause_s=pause))
             rows += [*measured, floor, above_floor(measured[0], floor)]
@@ -231,7 +232,7 @@ def above_floor(row: Row, floor: Row) -> Row:
 
 
 def _around(name: str, label: str, measure: Callable[[], list[float]],
-            quick: bool) -> list[Row]:
+            quick: bool, pause_s: float = 0.0) -> list[Row]:
     """The row `name` of `measure()`'s samples, and a `python3 -c` baseline around it.
 
     The baseline is taken half before and half after the row. Its row, named
@@ -239,13 +240,23 @@ def _around(name: str, label: str, measure: Callable[[], list[float]],
     drifts within a run: the baseline measured at the start of one run took
     13.8 ms, the same command a few minutes later 19.7 ms. Measured around the row, the baseline
     sees the same stretch of time as the row it is compared with.
+
+    A row whose calls are paced (`pause_s`) also gets the baseline paced the same way, named
+    `around_name(label, pause_s)`: after an idle pause a subprocess's start, too, runs with cold
+    caches (about 1 ms more than back to back on the development VM).
     """
     half = _half_around(quick)
     before = _python_subprocess_samples(half)
+    paced_before = _python_subprocess_samples(half, pause_s) if pause_s else []
     samples = measure()
+    paced_after = _python_subprocess_samples(half, pause_s) if pause_s else []
     after = _python_subprocess_samples(half)
-    return [summarize(GROUP, name, samples),
+    rows = [summarize(GROUP, name, samples),
             summarize("baseline", around_name(label), before + after)]
+    if pause_s:
+        rows.append(summarize("baseline", around_name(label, pause_s),
+                              paced_before + paced_after))
+    return rows
 
 
 def _half_around(quick: bool) -> int:
@@ -253,9 +264,10 @@ def _half_around(quick: bool) -> int:
     return 10 if quick else 25
 
 
-def around_name(label: str) -> str:
-    """The name of the baseline row measured around the row `label` names."""
-    return f"python3 -c 'print(1)' subprocess, around {label}"
+def around_name(label: str, pause_s: float = 0.0) -> str:
+    """The name of the baseline row measured around the row `label` names (paced: `pause_s`)."""
+    paced = f", paced {pause_s:g} s" if pause_s else ""
+    return f"python3 -c 'print(1)' subprocess{paced}, around {label}"
 
 
 def python_subprocess_baseline(quick: bool = False) -> Row:
@@ -264,11 +276,13 @@ def python_subprocess_baseline(quick: bool = False) -> Row:
                      _python_subprocess_samples(20 if quick else 50))
 
 
-def _python_subprocess_samples(n: int) -> list[float]:
-    """Seconds each of `n` runs of `python3 -c 'print(1)'` took (after 2 untimed runs)."""
+def _python_subprocess_samples(n: int, pause_s: float = 0.0) -> list[float]:
+    """Seconds each of `n` runs of `python3 -c 'print(1)'` took (after 2 untimed runs), with
+    `pause_s` before each (untimed)."""
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     samples = []
     for _ in range(n + 2):
+        time.sleep(pause_s)
         started = time.perf_counter()
         subprocess.run([python, "-c", "print(1)"], check=True, stdout=subprocess.DEVNULL)
         samples.append(time.perf_counter() - started)

@@ -16,12 +16,16 @@ def test_grpc_rows_are_compared_with_the_baseline_around_them() -> None:
         _row("baseline", "python3 -c 'print(1)' subprocess", 14.0),
         _row("grpc", "Execute print(1) jail python (warm), c=1", 5.0),
         _row("baseline", around_name("gRPC jail python c=1"), 20.0),
+        _row("baseline", around_name("gRPC jail python c=1", 0.1), 22.5),
         _row("grpc", "Execute print(1) wasm python, c=1", 4.0),
         _row("baseline", around_name("gRPC wasm python c=1"), 16.0),
     ]
     ratios = {row["name"]: row["ratio"] for row in _ratios(results)}
     assert ratios == {"gRPC jail python c=1 vs python3 -c": 4.0,
+                      "gRPC jail python c=1 vs python3 -c, both paced 0.1 s": 4.5,
                       "gRPC wasm python c=1 vs python3 -c": 4.0}
+    assert around_name("gRPC jail python c=1", 0.1) == (
+        "python3 -c 'print(1)' subprocess, paced 0.1 s, around gRPC jail python c=1")
 
 
 def test_no_ratio_without_its_baseline() -> None:
