@@ -2,7 +2,8 @@
 
 Per call: decode (field-level errors for malformed bytes), validate, place, wait for an
 execution slot (or RESOURCE_EXHAUSTED), cap the timeout by the call's deadline, run on a worker
-thread, translate the outcome. A cancelled call cancels its isolate; the slot is held until the
+thread (a warm jail on the event loop), translate the outcome, count it in the metrics and log
+its line. A cancelled call cancels its isolate; the slot is held until the
 worker has destroyed it, so cancellation storms cannot pile up threads. An execution still
 running `STUCK_GRACE_S` past its wall-time limit is blocked in a host call no limit reaches: it
 is answered TIMEOUT and its thread abandoned (executor/workers.py), up to `MAX_ABANDONED`.

@@ -34,6 +34,7 @@ from scheduler.placement import choose_runtime
 
 __all__ = ["ExecutionOutcome", "ExecutionRunner", "FacetGrants", "OutputCommitter"]
 
+
 class FacetGrants(Protocol):
     """Exclusive access to a facet's directory for one execution at a time."""
 

@@ -24,7 +24,7 @@ def test_metrics_endpoint_counts_executions_and_pool(server: RunningServer) -> N
 
 
 class _Lines(logging.Handler):
-    """Collects the formatted lines of one logger."""
+    """Collects the messages logged to one logger."""
 
     def __init__(self) -> None:
         super().__init__()
