@@ -163,8 +163,9 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
                              _health_checks(target, n)))
         out.append(summarize(GROUP, "gRPC floor: Health check, paced 0.1 s, c=1",
                              _health_checks(target, max(20, n // 5), pause_s=0.1)))
-        out += _around("Execute print(1) wasm python, c=1", "gRPC wasm python c=1",
-                       lambda: _sequential(target, n, "print(1)", "python", "wasm"), quick)
+        out += _around("Execute print(1) wasm python, c=1",
+                       lambda: _sequential(target, n, "print(1)", "python", "wasm"),
+                       [_python_around("gRPC wasm python c=1")], quick)
         out.append(summarize(GROUP, "Execute print(1) wasm python, calls 2-4 of bursts of 4 "
                              "after 0.3 s quiet, c=1", _bursts(target, 12 if quick else 40)))
         out.append(summarize(GROUP, "Execute console.log(1) wasm javascript, c=1",
@@ -198,28 +199,31 @@ def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
     A warm jail serves one execution and a refill takes tens of milliseconds, so calls back to
     back outrun the refills and mostly start cold jails; both figures are reported.
     """
+    pause = 0.1
+    warm = "Execute print(1) jail python (warm), c=1"
+    back_to_back = "Execute print(1) jail python back to back (refill-bound), c=1"
     rows: list[Row] = []
-    for name, pause in (("Execute print(1) jail python (warm), c=1", 0.1),
-                        ("Execute print(1) jail python back to back (refill-bound), c=1", 0.0)):
-        def measure(pause: float = pause) -> list[float]:
-            return _sequential(target, n, "print(1)", "python", "jail", pause_s=pause)
-
-        try:
-            if not pause:
-                rows.append(summarize(GROUP, name, measure()))
-                continue
-            # The paced row is the one compared with `python3 -c` (harness.RATIOS), back to
-            # back and paced as the row is, and with the paced gRPC floor measured around it:
-            # what the jail and the server's path add to a call, apart from the VM's phase,
-            # which moves the floor by a millisecond.
-            half = _half_around(quick)
-            floor_before = _health_checks(target, half, pause_s=pause)
-            measured = _around(name, "gRPC jail python c=1", measure, quick, pause_s=pause)
-            floor = summarize(GROUP, "gRPC floor: Health check, paced 0.1 s, around the jail row",
-                              floor_before + _health_checks(target, half, pause_s=pause))
-            rows += [*measured, floor, above_floor(measured[0], floor)]
-        except (SandboxdError, RuntimeError) as exc:
-            rows.append({"group": GROUP, "name": name, "n": 0, "note": f"unavailable: {exc}"})
+    try:
+        # The paced row is the one compared with `python3 -c` (harness.RATIOS), back to back
+        # and paced as the row is, and with the paced gRPC floor measured around it: what the
+        # jail and the server's path add to a call, apart from the VM's phase, which moves the
+        # floor by a millisecond.
+        label = "gRPC jail python c=1"
+        measured, baseline, paced_baseline, floor = _around(
+            warm, lambda: _sequential(target, n, "print(1)", "python", "jail", pause_s=pause),
+            [_python_around(label), _python_around(label, pause),
+             (GROUP, "gRPC floor: Health check, paced 0.1 s, around the jail row",
+              lambda k: _health_checks(target, k, pause_s=pause))],
+            quick)
+        rows += [measured, baseline, paced_baseline, floor, above_floor(measured, floor)]
+    except (SandboxdError, RuntimeError) as exc:
+        rows.append({"group": GROUP, "name": warm, "n": 0, "note": f"unavailable: {exc}"})
+    try:
+        rows.append(summarize(GROUP, back_to_back,
+                              _sequential(target, n, "print(1)", "python", "jail")))
+    except (SandboxdError, RuntimeError) as exc:
+        rows.append({"group": GROUP, "name": back_to_back, "n": 0,
+                     "note": f"unavailable: {exc}"})
     return rows
 
 
@@ -231,37 +235,36 @@ def above_floor(row: Row, floor: Row) -> Row:
             "note": f"+{added:.2f} ms (p50 {row['p50_ms']:.2f} - {floor['p50_ms']:.2f} ms)"}
 
 
-def _around(name: str, label: str, measure: Callable[[], list[float]],
-            quick: bool, pause_s: float = 0.0) -> list[Row]:
-    """The row `name` of `measure()`'s samples, and a `python3 -c` baseline around it.
+Sampler = Callable[[int], list[float]]
+"""Takes `k` samples of a measurement made around a row."""
 
-    The baseline is taken half before and half after the row. Its row, named
-    `around_name(label)`, is what harness.RATIOS compares the measured row with. The VM's speed
-    drifts within a run: the baseline measured at the start of one run took
-    13.8 ms, the same command a few minutes later 19.7 ms. Measured around the row, the baseline
-    sees the same stretch of time as the row it is compared with.
 
-    A row whose calls are paced (`pause_s`) also gets the baseline paced the same way, named
-    `around_name(label, pause_s)`: after an idle pause a subprocess's start, too, runs with cold
-    caches (about 1 ms more than back to back on the development VM).
+def _around(name: str, measure: Callable[[], list[float]],
+            around: list[tuple[str, str, Sampler]], quick: bool) -> list[Row]:
+    """The row `name` of `measure()`'s samples, then a row (group, name) for each of `around`.
+
+    Each is sampled half before and half after the row, in nested order (the first outermost),
+    so it sees the same stretch of time as the row it is compared with: the VM's speed drifts
+    within a run (the `python3 -c` baseline measured at the start of one run took 13.8 ms, the
+    same command a few minutes later 19.7 ms).
     """
-    half = _half_around(quick)
-    before = _python_subprocess_samples(half)
-    paced_before = _python_subprocess_samples(half, pause_s) if pause_s else []
+    half = 10 if quick else 25  # samples before the row, as many after it
+    before = [sample(half) for _, _, sample in around]
     samples = measure()
-    paced_after = _python_subprocess_samples(half, pause_s) if pause_s else []
-    after = _python_subprocess_samples(half)
-    rows = [summarize(GROUP, name, samples),
-            summarize("baseline", around_name(label), before + after)]
-    if pause_s:
-        rows.append(summarize("baseline", around_name(label, pause_s),
-                              paced_before + paced_after))
-    return rows
+    after = [sample(half) for _, _, sample in reversed(around)][::-1]
+    return [summarize(GROUP, name, samples)] + [
+        summarize(group, label, first + last)
+        for (group, label, _), first, last in zip(around, before, after, strict=True)
+    ]
 
 
-def _half_around(quick: bool) -> int:
-    """Samples of a baseline measured around a row: this many before it, as many after."""
-    return 10 if quick else 25
+def _python_around(label: str, pause_s: float = 0.0) -> tuple[str, str, Sampler]:
+    """The `python3 -c` baseline measured around the row `label` names, which harness.RATIOS
+    compares the row with; `pause_s` paces it as a paced row is (after an idle pause a
+    subprocess's start, too, runs with cold caches: about 1 ms more than back to back on the
+    development VM)."""
+    return ("baseline", around_name(label, pause_s),
+            lambda k: _python_subprocess_samples(k, pause_s))
 
 
 def around_name(label: str, pause_s: float = 0.0) -> str:

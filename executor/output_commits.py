@@ -30,7 +30,14 @@ from artifacts import InvalidArgumentError as ArtifactsInvalid
 
 # The store's validators are the rules themselves: checking a target with the same functions
 # keeps ExportToRepo's early answer identical to what the commit would say.
-from artifacts._validate import check_message, check_ref_name, check_repo_name, split_path
+from artifacts._validate import (
+    MODE_BLOB,
+    MODE_EXEC,
+    check_message,
+    check_ref_name,
+    check_repo_name,
+    split_path,
+)
 from executor.facets_service import (
     ExportTargetConflict,
     ExportTargetInvalid,
@@ -39,10 +46,6 @@ from executor.facets_service import (
 from isolates.base import InvalidRequest, OutputFile
 
 __all__ = ["ArtifactOutputs"]
-
-_REGULAR, _EXECUTABLE = 0o100644, 0o100755
-"""The two modes git gives a file."""
-
 
 class ArtifactOutputs:
     """`OutputCommitter` and `RepoFileCommitter` backed by an `ArtifactStore`."""
@@ -73,7 +76,7 @@ class ArtifactOutputs:
             return self._store.commit(
                 repo,
                 [FileInput(path=f.path, data=f.content,
-                           mode=_EXECUTABLE if f.executable else _REGULAR)
+                           mode=MODE_EXEC if f.executable else MODE_BLOB)
                  for f in sorted(files, key=lambda f: f.path)],
                 message,
                 branch=branch,

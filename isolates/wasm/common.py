@@ -104,7 +104,6 @@ def ending_for_reason(
     return None
 
 
-
 def _looks_like_memory_exhaustion(text: str) -> bool:
     lowered = text.lower()
     return any(
