@@ -2,11 +2,12 @@
 
 Per call: decode (field-level errors for malformed bytes), validate, place, wait for an
 execution slot (or RESOURCE_EXHAUSTED), cap the timeout by the call's deadline, run on a worker
-thread (a warm jail on the event loop), translate the outcome, count it in the metrics and log
-its line. A cancelled call cancels its isolate; the slot is held until the
-worker has destroyed it, so cancellation storms cannot pile up threads. An execution still
-running `STUCK_GRACE_S` past its wall-time limit is blocked in a host call no limit reaches: it
-is answered TIMEOUT and its thread abandoned (executor/workers.py), up to `MAX_ABANDONED`.
+thread (a warm jail on the event loop), translate the outcome, then, once the response has
+left, count it in the metrics and log its line. A cancelled call cancels its isolate; the slot
+is held until the worker has destroyed it, so cancellation storms cannot pile up threads. An
+execution still running `STUCK_GRACE_S` past its wall-time limit is blocked in a host call no
+limit reaches: it is answered TIMEOUT and its thread abandoned (executor/workers.py), up to
+`MAX_ABANDONED`.
 """
 
 from __future__ import annotations
@@ -287,21 +288,25 @@ class ExecutorService:
         )
 
     def _observe(self, validated: ValidatedExecute, outcome: ExecutionOutcome) -> None:
-        """Count the execution in the metrics and log its line (once the loop is free)."""
-        t = outcome.timings
-        self._metrics.finished(
-            outcome.result.status.value, outcome.kind.value, outcome.runtime,
-            total_s=t.total_us / 1e6, run_s=t.run_us / 1e6, acquire_s=t.acquire_us / 1e6,
-        )
-        # Written on the loop's next turn, after the response has been handed to gRPC:
-        # formatting and writing the line took 0.18 ms of a call after an idle pause.
-        asyncio.get_running_loop().call_soon(_log_outcome, validated.request.execution_id,
-                                             outcome)
+        """Count the execution in the metrics and log its line, once the response has left.
+
+        Both run on the loop's next turn, after the response has been handed to gRPC: counting
+        took 0.05 ms and formatting and writing the line 0.18 ms of a call after an idle pause.
+        """
+        asyncio.get_running_loop().call_soon(_record_outcome, self._metrics,
+                                             validated.request.execution_id, outcome)
 
 
-def _log_outcome(execution_id: str, outcome: ExecutionOutcome) -> None:
-    """The execution's one log line: id, where it ran, how it ended, where the time went."""
+def _record_outcome(metrics: Metrics, execution_id: str, outcome: ExecutionOutcome) -> None:
+    """Count the execution in the metrics and write its one log line.
+
+    The line says its id, where it ran, how it ended and where the time went.
+    """
     t = outcome.timings
+    metrics.finished(
+        outcome.result.status.value, outcome.kind.value, outcome.runtime,
+        total_s=t.total_us / 1e6, run_s=t.run_us / 1e6, acquire_s=t.acquire_us / 1e6,
+    )
     execution_log.info(
         "execution %s kind=%s runtime=%s status=%s exit=%d hit=%s queued_us=%d acquire_us=%d "
         "run_us=%d total_us=%d",

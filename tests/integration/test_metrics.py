@@ -14,8 +14,16 @@ def test_metrics_endpoint_counts_executions_and_pool(server: RunningServer) -> N
     with Client(server.target) as client:
         assert client.run_code("print(1)").ok
     port = server.server.metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert 'sandboxd_executions_total{kind="wasm",runtime="python",status="ok"}' in text
+    counted = 'sandboxd_executions_total{kind="wasm",runtime="python",status="ok"}'
+    # The execution is counted just after the response has left.
+    deadline = time.monotonic() + 10
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                      timeout=10).read().decode()
+        if counted in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert counted in text
     assert "sandboxd_execute_duration_seconds_bucket" in text
     assert 'le="0.0001"' in text
     assert "sandboxd_pool_size" in text

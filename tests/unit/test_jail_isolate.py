@@ -9,6 +9,7 @@ import pytest
 
 from isolates.base import ExecutionRequest, InputFile, Language, Status
 from isolates.jail import JailFactory
+from isolates.jail._protocol import SAFE_ENV
 from tests import python3_c
 
 
@@ -125,11 +126,16 @@ def test_stdin(factory: JailFactory) -> None:
 
 
 def test_env_request_variables_and_safe_set(factory: JailFactory) -> None:
-    code = "import os, json; print(json.dumps(dict(os.environ), sort_keys=True))"
-    result = run(factory, language=Language.PYTHON, code=code, env={"FOO": "bar"})
-    env = __import__("json").loads(result.stdout)
-    assert env["FOO"] == "bar"
-    assert env["HOME"] == "/workspace" and env["PATH"].startswith("/usr/local/bin")
+    # What the program sees, and what a process it starts inherits.
+    code = ("import os, json, subprocess\n"
+            "inherited = subprocess.run(['env', '-0'], capture_output=True).stdout\n"
+            "inherited = dict(v.split('=', 1) for v in inherited.decode().split('\\0') if v)\n"
+            "print(json.dumps([dict(os.environ), inherited]))\n")
+    for extra in ({}, {"FOO": "bar", "LANG": "C"}):
+        result = run(factory, language=Language.PYTHON, code=code, env=extra)
+        seen, inherited = __import__("json").loads(result.stdout)
+        assert seen == inherited == {**SAFE_ENV, **extra}
+    assert SAFE_ENV["HOME"] == "/workspace" and SAFE_ENV["PATH"].startswith("/usr/local/bin")
 
 
 def test_input_and_output_files(factory: JailFactory) -> None:
