@@ -8,8 +8,8 @@ means the server default, anything above the configured maximum is refused.
 from __future__ import annotations
 
 import functools
+import os
 import re
-import secrets
 from dataclasses import dataclass
 
 from executor.config import Settings
@@ -112,8 +112,7 @@ def validate_execute(message: pb.ExecuteRequest, settings: Settings) -> Validate
         raise ValidationFailed(errors)
 
     request = ExecutionRequest(
-        # 32 hex digits like a uuid4's hex, without building a UUID (1.6 µs against 6 µs).
-        execution_id=secrets.token_hex(16),
+        execution_id=_new_execution_id(),
         language=language,
         code=message.code,
         module=message.module,
@@ -256,6 +255,24 @@ def _check_limits(
         output_bytes=limits.output_bytes or settings.default_output_bytes,
         cpu_s=limits.cpu_ms / 1000 if limits.cpu_ms else None,
     )
+
+
+_IDS_PER_DRAW = 256
+_unused_ids: list[str] = []
+
+
+def _new_execution_id() -> str:
+    """A random execution id: 32 hex digits, like a uuid4's hex, from the OS's random source.
+
+    Drawn 256 at a time: one `getrandom` call per id took 0.02 ms of a call after an idle
+    pause, most of the id's cost. `list.pop` hands each out once, whichever thread asks.
+    """
+    try:
+        return _unused_ids.pop()
+    except IndexError:
+        digits = os.urandom(16 * _IDS_PER_DRAW).hex()
+        _unused_ids.extend(digits[i:i + 32] for i in range(32, len(digits), 32))
+        return digits[:32]
 
 
 @functools.cache

@@ -28,6 +28,14 @@ def test_valid_request_gets_server_defaults() -> None:
     assert len(request.execution_id) == 32
 
 
+def test_execution_ids_are_distinct_hex_across_draws() -> None:
+    # Ids are drawn from the OS in batches: several batches' worth must never repeat one.
+    message = pb.ExecuteRequest(language=pb.LANGUAGE_PYTHON, code="print(1)")
+    ids = [validate_execute(message, SETTINGS).request.execution_id for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
 def test_explicit_limits_and_kind_are_kept() -> None:
     validated = validate_execute(
         pb.ExecuteRequest(language=pb.LANGUAGE_PYTHON, code="x", isolate=pb.ISOLATE_KIND_WASM,
