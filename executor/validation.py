@@ -259,6 +259,8 @@ def _check_limits(
 
 _IDS_PER_DRAW = 256
 _unused_ids: list[str] = []
+# A forked child must not hand out the ids its parent still holds.
+os.register_at_fork(after_in_child=_unused_ids.clear)
 
 
 def _new_execution_id() -> str:
