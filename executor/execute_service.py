@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -279,7 +280,7 @@ class ExecutorService:
             output_bytes=limits.output_bytes,
             cpu_s=limits.cpu_s,
         )
-        request = validated.request.model_copy(update={"limits": capped})
+        request = dataclasses.replace(validated.request, limits=capped)
         return ValidatedExecute(
             request=request,
             requested_kind=validated.requested_kind,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -267,12 +268,12 @@ class ExecutionRunner:
                 f"Output of execution {validated.request.execution_id}",
             )
         except ValueError as exc:
-            return result.model_copy(
-                update={"message": f"output files were not committed: {exc}"}), ""
+            return dataclasses.replace(
+                result, message=f"output files were not committed: {exc}"), ""
         if skipped:
             note = "not committed (missing, not a regular file or truncated): " + ", ".join(
                 skipped)
-            result = result.model_copy(update={"message": note})
+            result = dataclasses.replace(result, message=note)
         return result, commit
 
 

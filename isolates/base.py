@@ -5,6 +5,9 @@ provides an `IsolateFactory` per runtime; the pool keeps warm isolates of each r
 Nothing here knows about gRPC: the executor translates the wire messages into these models.
 
 The models are validated once, at the edge (executor/validation.py); isolates trust them.
+`Limits`, which carries constraints, is a pydantic model; the request and the result are plain
+dataclasses, built once or twice on every execution's path: a pydantic model took 0.05 ms to
+build after an idle pause, a dataclass 0.02 ms.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import enum
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
@@ -86,10 +90,9 @@ def memory_message(memory_bytes: int) -> str:
     return f"memory limit of {memory_bytes} bytes reached"
 
 
-class InputFile(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputFile:
     """A file placed in the working directory before the code runs."""
-
-    model_config = ConfigDict(frozen=True)
 
     path: str
     """Relative POSIX path inside the working directory (validated: no `..`, not absolute)."""
@@ -97,10 +100,9 @@ class InputFile(BaseModel):
     mode: int = 0o644
 
 
-class OutputFile(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputFile:
     """A file the code left at one of the requested output paths."""
-
-    model_config = ConfigDict(frozen=True)
 
     path: str
     content: bytes
@@ -113,10 +115,9 @@ class OutputFile(BaseModel):
     """An execute bit is set (JAIL isolates; WASI has no permission bits, so never in WASM)."""
 
 
-class ExecutionRequest(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionRequest:
     """One unit of work for one isolate."""
-
-    model_config = ConfigDict(frozen=True)
 
     execution_id: str
     language: Language
@@ -127,15 +128,16 @@ class ExecutionRequest(BaseModel):
     argv: tuple[str, ...] = ()
     """argv for WASI modules and COMMAND executions (argv[0] is the program)."""
     stdin: bytes = b""
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     files: tuple[InputFile, ...] = ()
     output_paths: tuple[str, ...] = ()
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = field(default_factory=Limits)
     facet: str = ""
     """Name of the facet database visible at /facet/db.sqlite, or empty for none."""
 
 
-class Timings(BaseModel):
+@dataclass(slots=True, kw_only=True)
+class Timings:
     """Where the time of one execution went, in microseconds."""
 
     queued_us: int = 0
@@ -144,7 +146,8 @@ class Timings(BaseModel):
     total_us: int = 0
 
 
-class ExecutionResult(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionResult:
     """What an isolate reports after running a request."""
 
     status: Status
