@@ -78,6 +78,12 @@ def encode_request(request: ExecutionRequest, limits: Limits, stream: bool) -> b
     return struct.pack(">I", len(body)) + body
 
 
+PIPE_CAPACITY = 65536
+"""What a pipe holds (Linux's default), so the most one read of it returns. A read asks for no
+more: a buffer of 1 MiB was mapped and unmapped on every read, 0.09 ms against 0.03 ms for
+reading a result after an idle pause."""
+
+
 class FrameReader:
     """Reads frames from the driver's pipe with a deadline, never more than `max_bytes` each."""
 
@@ -147,7 +153,7 @@ class FrameReader:
     def _fill(self) -> bool:
         """Append what the pipe holds to the buffer; False if it held nothing yet."""
         try:
-            chunk = os.read(self._fd, 1 << 20)
+            chunk = os.read(self._fd, PIPE_CAPACITY)
         except BlockingIOError:
             return False
         if not chunk:
