@@ -15,7 +15,6 @@ from sandboxd._arguments import (
     bytes_or_text,
     contents,
     milliseconds,
-    optional_text,
     permission_bits,
     refuse,
     seconds,
@@ -65,41 +64,50 @@ def build_request(
     output_repo: str | None,
     output_branch: str | None,
 ) -> pb.ExecuteRequest:
-    """The request `run_code` sends, or `InvalidArgumentError` naming the argument at fault."""
+    """The request `run_code` sends, or `InvalidArgumentError` naming the argument at fault.
+
+    Only what was given is checked and set: an empty field costs as much to set as a full one,
+    and a call after an idle pause (caches cold) pays each step several times over. A request
+    with code alone took 0.22 ms to build setting every field, 0.13 ms setting those given,
+    and 0.05 ms (against 0.065) checking only the arguments given.
+    """
     text("code", code)
     if language not in LANGUAGES:
         raise refuse("language", f"must be one of {', '.join(sorted(LANGUAGES))}, "
                                   f"not {language!r}")
     if isolate not in ISOLATES:
         raise refuse("isolate", f"must be auto, wasm or jail, not {isolate!r}")
-    if module is not None and not isinstance(module, BYTES_LIKE):
-        raise refuse("module", f"must be bytes, not {type(module).__name__}")
-    limits = {
-        "timeout_ms": milliseconds("timeout", timeout),
-        "memory_bytes": byte_count("memory", memory),
-        "cpu_ms": milliseconds("cpu_time", cpu_time),
-        "output_bytes": byte_count("output_limit", output_limit),
-    }
-    given = contents("files", files)
-    modes = permission_bits("file_modes", file_modes, [path for path, _ in given])
-    fields: dict[str, Any] = {
-        "language": LANGUAGES[language],
-        "code": code,
-        "module": bytes(module) if module else b"",
-        "argv": strings("argv", argv),
-        "stdin": bytes_or_text("stdin", stdin),
-        "env": text_mapping("env", env),
-        "files": [pb.File(path=path, content=data, mode=modes.get(path, 0))
-                  for path, data in given],
-        "isolate": ISOLATES[isolate],
-        "limits": pb.Limits(**limits) if any(limits.values()) else None,
-        "output_paths": strings("output_paths", output_paths),
-        "facet": optional_text("facet", facet),
-        "output_repo": optional_text("output_repo", output_repo),
-        "output_branch": optional_text("output_branch", output_branch),
-    }
-    # Only what was given is set: an empty field costs as much to set as a full one, and a
-    # call after an idle pause (caches cold) pays it several times over (0.22 -> 0.13 ms).
+    fields: dict[str, Any] = {"language": LANGUAGES[language], "isolate": ISOLATES[isolate],
+                              "code": code}
+    if module is not None:
+        if not isinstance(module, BYTES_LIKE):
+            raise refuse("module", f"must be bytes, not {type(module).__name__}")
+        fields["module"] = bytes(module)
+    if (timeout, memory, cpu_time, output_limit) != (None, None, None, None):
+        limits = {
+            "timeout_ms": milliseconds("timeout", timeout),
+            "memory_bytes": byte_count("memory", memory),
+            "cpu_ms": milliseconds("cpu_time", cpu_time),
+            "output_bytes": byte_count("output_limit", output_limit),
+        }
+        fields["limits"] = pb.Limits(**limits) if any(limits.values()) else None
+    if files is not None or file_modes is not None:
+        given = contents("files", files)
+        modes = permission_bits("file_modes", file_modes, [path for path, _ in given])
+        fields["files"] = [pb.File(path=path, content=data, mode=modes.get(path, 0))
+                           for path, data in given]
+    if argv is not None:
+        fields["argv"] = strings("argv", argv)
+    if stdin is not None:
+        fields["stdin"] = bytes_or_text("stdin", stdin)
+    if env is not None:
+        fields["env"] = text_mapping("env", env)
+    if output_paths is not None:
+        fields["output_paths"] = strings("output_paths", output_paths)
+    for name, value in (("facet", facet), ("output_repo", output_repo),
+                        ("output_branch", output_branch)):
+        if value is not None:
+            fields[name] = text(name, value)
     return pb.ExecuteRequest(**{name: value for name, value in fields.items() if value})
 
 
