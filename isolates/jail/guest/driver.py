@@ -60,6 +60,9 @@ else:
 
 WORKSPACE = "/workspace"
 CHUNK = 65536
+_READ_BUFFER = bytearray(CHUNK)
+"""What the driver reads output into: a fresh buffer per read (`os.read`) grew the heap and
+trimmed it again, two `brk` calls between the program's end and the result."""
 PARENT_IS_A_LINK = "a parent is a symbolic link (not followed)"
 """An output file's `error` when a directory on its path is a link (as WASM isolates say)."""
 DRIVER_PID = os.getpid()
@@ -169,6 +172,12 @@ def _read_exact(fd: int, size: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def _read_chunk(fd: int) -> bytes:
+    """Read what `fd` holds, up to `CHUNK` bytes, through the driver's one read buffer."""
+    size = os.readv(fd, [_READ_BUFFER])
+    return bytes(memoryview(_READ_BUFFER)[:size])
 
 
 def _b64(data: bytes) -> str:
@@ -519,7 +528,7 @@ def _child_main(
             os._exit(0)  # the host is going away without a request
         os.close(request_fd)
         error = _write_inputs(request["files"])
-        if not error:
+        if not error and request["stdin"]:
             _write_all(0, request["stdin"])
             os.lseek(0, 0, os.SEEK_SET)
         _send_control(control_fd, request, error)
@@ -674,7 +683,7 @@ def _execute(
                 os.read(wake_r, 4096)
                 continue
             try:
-                chunk = os.read(fd, CHUNK)
+                chunk = _read_chunk(fd)
             except BlockingIOError:
                 continue
             if fd == status_r:
