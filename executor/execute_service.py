@@ -89,7 +89,10 @@ class ExecutorService:
     def admission(self) -> Admission:
         """Admission control, created on first use inside the serving event loop."""
         if self._admission is None:
-            self._admission = Admission(self._settings.concurrency, self._settings.max_queue)
+            admission = self._admission = Admission(self._settings.concurrency,
+                                                    self._settings.max_queue)
+            # Read when scraped: counting on each call cost it 0.02 ms after an idle pause.
+            self._metrics.running.set_function(lambda: admission.running)
         return self._admission
 
     async def execute(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ExecuteResponse:
@@ -150,7 +153,9 @@ class ExecutorService:
         validated = await self._cap_by_deadline(validated, context)
         try:
             async with self.admission.slot() as queued_s:
-                self._metrics.queue_duration.observe(queued_s)
+                # Observed on the loop's next turn, off the call's path (as `_observe`).
+                asyncio.get_running_loop().call_soon(self._metrics.queue_duration.observe,
+                                                     queued_s)
                 return await self._run_admitted(validated, context, arrival, queued_s, on_output)
         except Overloaded as exc:
             self._metrics.rejected.labels("overloaded").inc()
@@ -175,7 +180,6 @@ class ExecutorService:
                 "limits cannot interrupt; this server needs a restart",
             )
         cancel = CancelToken()
-        self._metrics.running.inc()
         try:
             # A warm jail's run waits on pipes: awaited here, it spares the hand-offs to a
             # worker thread and back (about 0.5 ms of a call after an idle pause).
@@ -200,8 +204,6 @@ class ExecutorService:
                 f"sandboxd failed to run execution {validated.request.execution_id}; "
                 "see the server log",
             )
-        finally:
-            self._metrics.running.dec()
         self._observe(validated, outcome)
         return outcome
 

@@ -123,10 +123,6 @@ class Metrics:
         """Count a failed background creation."""
         self._child(self.pool_refill_failures, key).inc()
 
-    def size_changed(self, key: str, size: int) -> None:
-        """Track the warm pool size."""
-        self._child(self.pool_size, key).set(size)
-
     def serve(self, host: str, port: int) -> tuple[int, Any]:
         """Serve /metrics over HTTP from a daemon thread; returns (bound port, server)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

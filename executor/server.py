@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import resource
@@ -68,6 +69,11 @@ class Server:
             observer=self.metrics,
         )
         self.pool.start()
+        for key in self.pool.targets():
+            # Read when scraped, as the gauge of abandoned executions below: never stale, and
+            # nothing to count on a call's path.
+            self.metrics.pool_size.labels(key).set_function(
+                functools.partial(self.pool.size, key))
         # Workers beyond the execution slots absorb misses and cancellations finishing late.
         self._workers = ExecutionWorkers(s.concurrency + 4)
         workers = self._workers

@@ -86,9 +86,6 @@ class PoolObserver(Protocol):
     def refill_failed(self, key: str) -> None:
         """Creating an isolate of `key` in the background failed."""
 
-    def size_changed(self, key: str, size: int) -> None:
-        """The number of warm isolates of `key` is now `size`."""
-
 
 class _NullObserver:
     def acquired(self, key: str, hit: bool) -> None:
@@ -98,9 +95,6 @@ class _NullObserver:
         pass
 
     def refill_failed(self, key: str) -> None:
-        pass
-
-    def size_changed(self, key: str, size: int) -> None:
         pass
 
 
@@ -169,7 +163,6 @@ class _RuntimePool:
             if not self._warm:
                 return None
             slot = self._warm.popleft()
-            size = len(self._warm)
             self._lent += 1
             now = time.monotonic()
             self._defer_until = now + self._config.refill_defer_s
@@ -177,7 +170,6 @@ class _RuntimePool:
             # Wakes the refill threads: a drained pool refills now, else the first one starts
             # waiting for the isolate to come back (see `_deferred_locked`).
             self._cond.notify_all()
-        self._observer.size_changed(self.key, size)
         return slot.isolate
 
     def returned(self) -> float:
@@ -208,7 +200,6 @@ class _RuntimePool:
                 thread.join(timeout=30)
         for slot in slots:
             _destroy_quietly(slot.isolate)
-        self._observer.size_changed(self.key, 0)
 
     def _drained_locked(self) -> bool:
         return len(self._warm) < self.target // 2
@@ -276,11 +267,9 @@ class _RuntimePool:
                 else:
                     closed = False
                     self._warm.append(_Slot(isolate, time.monotonic()))
-                    size = len(self._warm)
             if closed:
                 _destroy_quietly(isolate)
                 return
-            self._observer.size_changed(self.key, size)
 
     def _expire_idle_locked(self) -> bool:
         """Destroy isolates idle past the TTL; True when any was removed (caller holds lock)."""
@@ -427,6 +416,10 @@ class WarmPool:
     def sizes(self) -> dict[str, int]:
         """Warm isolates available now, per key."""
         return {key: pool.size() for key, pool in self._pools.items()}
+
+    def size(self, key: str) -> int:
+        """Warm isolates of `key` available now."""
+        return self._pools[key].size()
 
     def targets(self) -> dict[str, int]:
         """Configured warm targets, per key."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import re
 import time
 import urllib.request
 
@@ -68,3 +70,35 @@ def test_each_execution_logs_one_line_with_where_and_how_it_ran(server: RunningS
     assert "kind=jail runtime=native status=error exit=3" in jail_lines[0]
     assert f"total_us={jail.timings.total_us}" in jail_lines[0]
     assert f"run_us={jail.timings.run_us}" in jail_lines[0]
+
+
+def _running(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    match = re.search(r"^sandboxd_executions_running (\S+)$", text, re.MULTILINE)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_running_executions_are_counted_while_they_run(server: RunningServer) -> None:
+    port = server.server.metrics_port
+    with Client(server.target) as client:
+        assert client.run_code("print(1)").ok
+        assert _running(port) == 0
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(client.run_code, "import time; time.sleep(2)")
+            deadline = time.monotonic() + 10
+            while _running(port) != 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _running(port) == 1
+            assert slow.result().ok
+    assert _running(port) == 0
+
+
+def test_pool_size_gauge_reads_the_pool(server: RunningServer) -> None:
+    pool = server.server.pool
+    assert pool is not None and pool.wait_warm(30)
+    port = server.server.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for key, size in pool.sizes().items():
+        assert f'sandboxd_pool_size{{runtime="{key}"}} {float(size)}' in text, text
+        assert size == pool.targets()[key]
