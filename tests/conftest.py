@@ -12,7 +12,9 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,11 +75,28 @@ class RunningServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
+    def metrics_text(self) -> str:
+        """The server's Prometheus page, as a scraper reads it."""
+        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as page:
+            text: str = page.read().decode()
+        return text
+
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(timeout=120)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=30)
         self.loop.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether `condition()` holds within `timeout` seconds, polling it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
 
 
 def start_server(data_dir: Path, **overrides: object) -> RunningServer:

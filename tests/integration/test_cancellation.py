@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.request
 
 import grpc
 
@@ -14,8 +13,7 @@ from tests.conftest import RunningServer
 
 
 def cancelled_count(server: RunningServer, runtime: str) -> float:
-    port = server.server.metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = server.metrics_text()
     pattern = (r'sandboxd_executions_total\{kind="(?:wasm|jail)",runtime="' + runtime
                + r'",status="cancelled"\} (\S+)')
     match = re.search(pattern, text)

@@ -5,26 +5,18 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import re
-import time
-import urllib.request
 
 from sandboxd import Client
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, wait_for
 
 
 def test_metrics_endpoint_counts_executions_and_pool(server: RunningServer) -> None:
     with Client(server.target) as client:
         assert client.run_code("print(1)").ok
-    port = server.server.metrics_port
     counted = 'sandboxd_executions_total{kind="wasm",runtime="python",status="ok"}'
     # The execution is counted just after the response has left.
-    deadline = time.monotonic() + 10
-    while True:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                      timeout=10).read().decode()
-        if counted in text or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
+    wait_for(lambda: counted in server.metrics_text())
+    text = server.metrics_text()
     assert counted in text
     assert "sandboxd_execute_duration_seconds_bucket" in text
     assert 'le="0.0001"' in text
@@ -55,11 +47,8 @@ def test_each_execution_logs_one_line_with_where_and_how_it_ran(server: RunningS
             wasm = client.run_code("print(1)", isolate="wasm")
             jail = client.run_code("import sys; sys.exit(3)", isolate="jail")
         # The line is written just after the response has left.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(
-            any(e.execution_id in line for line in collected.lines) for e in (wasm, jail)
-        ):
-            time.sleep(0.01)
+        wait_for(lambda: all(any(e.execution_id in line for line in collected.lines)
+                             for e in (wasm, jail)))
     finally:
         logger.removeHandler(collected)
         logger.setLevel(previous_level)
@@ -72,33 +61,29 @@ def test_each_execution_logs_one_line_with_where_and_how_it_ran(server: RunningS
     assert f"run_us={jail.timings.run_us}" in jail_lines[0]
 
 
-def _running(port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+def _running(server: RunningServer) -> float:
+    text = server.metrics_text()
     match = re.search(r"^sandboxd_executions_running (\S+)$", text, re.MULTILINE)
     assert match, text
     return float(match.group(1))
 
 
 def test_running_executions_are_counted_while_they_run(server: RunningServer) -> None:
-    port = server.server.metrics_port
     with Client(server.target) as client:
         assert client.run_code("print(1)").ok
-        assert _running(port) == 0
+        assert _running(server) == 0
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             slow = pool.submit(client.run_code, "import time; time.sleep(2)")
-            deadline = time.monotonic() + 10
-            while _running(port) != 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert _running(port) == 1
+            wait_for(lambda: _running(server) == 1)
+            assert _running(server) == 1
             assert slow.result().ok
-    assert _running(port) == 0
+    assert _running(server) == 0
 
 
 def test_pool_size_gauge_reads_the_pool(server: RunningServer) -> None:
     pool = server.server.pool
     assert pool is not None and pool.wait_warm(30)
-    port = server.server.metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = server.metrics_text()
     for key, size in pool.sizes().items():
         assert f'sandboxd_pool_size{{runtime="{key}"}} {float(size)}' in text, text
         assert size == pool.targets()[key]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from isolates.base import (
     Status,
 )
 from isolates.pool import PoolConfig, WarmPool
+from tests.conftest import wait_for
 
 
 class CountingIsolate(Isolate):
@@ -182,15 +183,6 @@ def test_close_destroys_isolates_still_waiting_for_disposal() -> None:
     assert factory.destroyed == factory.created == 50
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
-
-
 @contextmanager
 def _full_pool(factory: CountingFactory, **config: Any) -> Iterator[WarmPool]:
     """A started pool of `factory` with `config`, full to its target; closed afterwards."""
@@ -211,7 +203,7 @@ def test_refill_after_a_hit_waits_for_its_execution_to_end() -> None:
         time.sleep(0.2)
         assert factory.created == 4, "the refill competed with the running execution"
         pool.discard(isolate)
-        assert _wait_for(lambda: factory.created == 5)
+        assert wait_for(lambda: factory.created == 5)
         assert pool.wait_warm(10)
 
 
@@ -219,7 +211,7 @@ def test_refill_starts_after_the_deferral_even_when_the_execution_runs_on() -> N
     factory = CountingFactory()
     with _full_pool(factory, default_target=4, refill_defer_s=0.05) as pool:
         isolate, _ = pool.acquire("wasm/counting")
-        assert _wait_for(lambda: factory.created == 5)
+        assert wait_for(lambda: factory.created == 5)
         assert pool.sizes() == {"wasm/counting": 4}
         pool.discard(isolate)
 
@@ -228,7 +220,7 @@ def test_a_drained_pool_refills_to_half_at_once_while_its_isolates_still_run() -
     factory = CountingFactory()
     with _full_pool(factory, default_target=4, refill_defer_s=30.0) as pool:
         running = [pool.acquire("wasm/counting")[0] for _ in range(3)]
-        assert _wait_for(lambda: pool.sizes()["wasm/counting"] >= 2)
+        assert wait_for(lambda: pool.sizes()["wasm/counting"] >= 2)
         for isolate in running:
             pool.discard(isolate)
         assert pool.wait_warm(10)
@@ -243,7 +235,7 @@ def test_a_paced_hit_refills_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> N
         isolate, _ = pool.acquire("wasm/counting")
         handed_back = time.monotonic()
         pool.discard(isolate)
-        assert _wait_for(lambda: factory.created == 3)
+        assert wait_for(lambda: factory.created == 3)
         assert time.monotonic() - handed_back >= 0.5
 
 
@@ -258,7 +250,7 @@ def test_a_burst_the_pool_covers_refills_when_the_callers_pause(
         handed_back = time.monotonic()
         time.sleep(0.5)
         assert factory.created == 8, "a refill ran under the burst"
-        assert _wait_for(lambda: factory.created == 11)
+        assert wait_for(lambda: factory.created == 11)
         assert time.monotonic() - handed_back >= 1.0
         assert pool.wait_warm(10)
 
@@ -273,7 +265,7 @@ def test_back_to_back_hits_at_half_the_target_refill_at_once(
         pool.discard(pool.acquire("wasm/counting")[0])
         pool.discard(pool.acquire("wasm/counting")[0])
         handed_back = time.monotonic()
-        assert _wait_for(lambda: factory.created >= 5)
+        assert wait_for(lambda: factory.created >= 5)
         assert time.monotonic() - handed_back < 2.5
 
 
@@ -287,11 +279,11 @@ def test_a_paced_hit_is_torn_down_after_a_pause_and_back_to_back_ones_at_once(
         paced, _ = pool.acquire("wasm/counting")
         pool.discard(paced)
         handed_back = time.monotonic()
-        assert _wait_for(lambda: factory.destroyed == 1)
+        assert wait_for(lambda: factory.destroyed == 1)
         assert time.monotonic() - handed_back >= 0.5
         # A hit right after that hand-back is back to back: its teardown does not wait.
         back_to_back, _ = pool.acquire("wasm/counting")
         pool.discard(back_to_back)
         handed_back = time.monotonic()
-        assert _wait_for(lambda: factory.destroyed == 2)
+        assert wait_for(lambda: factory.destroyed == 2)
         assert time.monotonic() - handed_back < 0.25
