@@ -156,14 +156,16 @@ class ExecutionRunner:
             return None
         factory.check(request)
         acquire_start = time.perf_counter()
-        isolate = self._pool.take_warm(key)
-        if isolate is None:
+        hit = self._pool.take_warm(key)
+        if hit is None:
             return None
+        isolate, spare_cpu = hit
         acquire_us = _us(time.perf_counter() - acquire_start)
         # Nothing awaited since the call took its slot, so it cannot have been cancelled yet
         # (a worker's run checks, since it may start late).
         try:
-            result = await isolate.run_on_loop(request, on_output=on_output, cancel=cancel)
+            result = await isolate.run_on_loop(request, on_output=on_output, cancel=cancel,
+                                               spare_cpu=spare_cpu)
         finally:
             if not self._pool.try_discard(isolate):
                 # The teardown queue is full: destroying waits for the isolate's processes.

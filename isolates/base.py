@@ -261,11 +261,13 @@ class Isolate(ABC):
         *,
         on_output: OutputSink | None = None,
         cancel: CancelToken | None = None,
+        spare_cpu: bool = False,
     ) -> ExecutionResult:
         """Run `request` awaiting on the running event loop instead of blocking a thread.
 
         Only isolates of factories with `runs_on_loop` have it: those whose run, on the host,
-        is waiting on pipes. Same contract as `run`.
+        is waiting on pipes. Same contract as `run`. With `spare_cpu` (`WarmPool.take_warm`
+        says when), the isolate may spend CPU that would otherwise sit idle to answer sooner.
         """
         raise NotImplementedError(f"{type(self).__name__} runs on a worker thread only")
 

@@ -158,7 +158,8 @@ class _RuntimePool:
             for thread in self._threads:
                 thread.start()
 
-    def take(self) -> Isolate | None:
+    def take(self) -> tuple[Isolate, bool] | None:
+        """A warm isolate and whether the host has CPU to spare (see `WarmPool.take_warm`)."""
         with self._cond:
             if not self._warm:
                 return None
@@ -167,10 +168,11 @@ class _RuntimePool:
             now = time.monotonic()
             self._defer_until = now + self._config.refill_defer_s
             self._paced = now - self._returned_at >= PACED_GAP_S
+            spare_cpu = self._paced and self._lent == 1 and self._creating == 0
             # Wakes the refill threads: a drained pool refills now, else the first one starts
             # waiting for the isolate to come back (see `_deferred_locked`).
             self._cond.notify_all()
-        return slot.isolate
+        return slot.isolate, spare_cpu
 
     def returned(self) -> float:
         """An isolate handed out by `take()` finished its execution: refill may start.
@@ -371,25 +373,31 @@ class WarmPool:
         mounted when the isolate is created.
         """
         if facet_dir is None:
-            isolate = self.take_warm(key)
-            if isolate is not None:
-                return isolate, True
+            hit = self.take_warm(key)
+            if hit is not None:
+                return hit[0], True
         isolate = self.factory(key).create_for_immediate_use(facet_dir=facet_dir)
         self._observer.acquired(key, False)
         return isolate, False
 
-    def take_warm(self, key: str) -> Isolate | None:
-        """Hand out a warm isolate of `key`, or None on a miss (never blocks on a creation)."""
+    def take_warm(self, key: str) -> tuple[Isolate, bool] | None:
+        """Hand out a warm isolate of `key`, or None on a miss (never blocks on a creation).
+
+        With the isolate comes whether the host has CPU to spare for its run: the callers
+        pause between calls, no other isolate of `key` is out and none is being created. An
+        isolate may then spend some to answer sooner (`Isolate.run_on_loop`'s `spare_cpu`).
+        """
         pool = self._pools.get(key)
         if pool is None:
             raise UnknownRuntime(key)
-        isolate = pool.take()
-        if isolate is None:
+        hit = pool.take()
+        if hit is None:
             return None
+        isolate = hit[0]
         with self._lent_lock:
             self._lent[id(isolate)] = pool
         self._observer.acquired(key, True)
-        return isolate
+        return hit
 
     def discard(self, isolate: Isolate) -> None:
         """Hand back a used isolate; it is destroyed in the background (never reused).

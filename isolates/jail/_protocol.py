@@ -45,13 +45,16 @@ class FrameEOF(Exception):
     """The driver closed its end (it exited or was killed) before a complete frame."""
 
 
-def encode_request(request: ExecutionRequest, limits: Limits, stream: bool) -> bytes:
+def encode_request(
+    request: ExecutionRequest, limits: Limits, stream: bool, poll_s: float = 0.0
+) -> bytes:
     """Encode one REQUEST frame for the driver.
 
     Args:
         request: the execution request (already validated by the executor).
         limits: the request's limits clamped to the factory's maxima.
         stream: whether the driver should send OUT frames as output is produced.
+        poll_s: how long the driver polls for the program's end before it sleeps.
 
     Returns:
         The frame bytes, length prefix included.
@@ -73,6 +76,7 @@ def encode_request(request: ExecutionRequest, limits: Limits, stream: bool) -> b
         "cpu_s": None if limits.cpu_s is None else float(limits.cpu_s),
         "output_bytes": int(limits.output_bytes),
         "stream": bool(stream),
+        "poll_s": float(poll_s),
     }
     body = marshal.dumps(message, MARSHAL_VERSION)
     return struct.pack(">I", len(body)) + body

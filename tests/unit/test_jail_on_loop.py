@@ -19,7 +19,7 @@ import pytest
 from executor.event_loop import loop_factory
 from isolates.base import CancelToken, ExecutionRequest, InputFile, Language, Limits, Status
 from isolates.jail import JailFactory
-from isolates.jail._isolate import JailIsolate, wait_for_exit
+from isolates.jail._isolate import SPARE_CPU_POLL_S, JailIsolate, wait_for_exit
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,47 @@ def test_runs_like_run(jail: JailIsolate, run: RunOnLoop) -> None:
     result = run(jail.run_on_loop(request(Language.PYTHON, "print(6 * 7)")))
     assert (result.status, result.exit_code, result.stdout) == (Status.OK, 0, b"42\n")
     assert result.run_us > 0
+
+
+@pytest.mark.parametrize(("code", "status", "stdout"), [
+    ("print(6 * 7)", Status.OK, b"42\n"),
+    ("import time; time.sleep(0.05); print(42)", Status.OK, b"42\n"),
+    ("import sys; print(1, flush=True); sys.exit(3)", Status.ERROR, b"1\n"),
+    ("while True: pass", Status.TIMEOUT, b""),
+])
+def test_runs_the_same_when_the_driver_polls(
+    jail: JailIsolate, run: RunOnLoop, code: str, status: Status, stdout: bytes
+) -> None:
+    result = run(jail.run_on_loop(
+        request(Language.PYTHON, code, limits=Limits(timeout_s=0.5)), spare_cpu=True))
+    assert (result.status, result.stdout) == (status, stdout), result.message
+
+
+def _driver_cpu_ns(jail: JailIsolate) -> int:
+    """CPU time used so far by the jail's driver: nsjail's one child, pid 1 of the jail."""
+    with open(f"/proc/{jail.pid}/task/{jail.pid}/children") as children:
+        (driver,) = children.read().split()
+    with open(f"/proc/{driver}/schedstat") as schedstat:
+        return int(schedstat.read().split()[0])
+
+
+def test_the_driver_polls_only_with_spare_cpu_and_briefly(
+    factory: JailFactory, run: RunOnLoop
+) -> None:
+    used_ns: dict[bool, int] = {}
+    for spare_cpu in (False, True):
+        jail = factory.create()
+        try:
+            before = _driver_cpu_ns(jail)
+            result = run(jail.run_on_loop(
+                request(Language.PYTHON, "import time; time.sleep(0.3)"), spare_cpu=spare_cpu))
+            used_ns[spare_cpu] = _driver_cpu_ns(jail) - before
+        finally:
+            jail.destroy()
+        assert result.status is Status.OK
+    # Polling shows in the driver's CPU time; then it sleeps, through most of the 0.3 s run.
+    assert used_ns[True] - used_ns[False] >= SPARE_CPU_POLL_S * 1e9 / 2, used_ns
+    assert used_ns[True] < 0.1e9, used_ns
 
 
 def test_streams_output_as_it_comes(jail: JailIsolate, run: RunOnLoop) -> None:

@@ -287,3 +287,27 @@ def test_a_paced_hit_is_torn_down_after_a_pause_and_back_to_back_ones_at_once(
         handed_back = time.monotonic()
         assert wait_for(lambda: factory.destroyed == 2)
         assert time.monotonic() - handed_back < 0.25
+
+
+def test_a_lone_hit_after_a_pause_says_the_host_has_cpu_to_spare(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "PACED_GAP_S", 0.2)
+    factory = CountingFactory()
+    with _full_pool(factory, default_target=8, refill_defer_s=30.0) as pool:
+        # The first hit follows no hand-back: the callers count as pausing between calls.
+        first = pool.take_warm("wasm/counting")
+        alongside = pool.take_warm("wasm/counting")
+        assert first is not None and alongside is not None
+        assert first[1], "a lone hit after a pause"
+        assert not alongside[1], "another isolate of the key is out"
+        pool.discard(first[0])
+        pool.discard(alongside[0])
+        back_to_back = pool.take_warm("wasm/counting")
+        assert back_to_back is not None
+        assert not back_to_back[1], "the callers do not pause"
+        pool.discard(back_to_back[0])
+        # The refill starts once the callers pause, so a full pool means they did.
+        assert pool.wait_warm(10)
+        after_a_pause = pool.take_warm("wasm/counting")
+        assert after_a_pause is not None and after_a_pause[1]
+        pool.discard(after_a_pause[0])
