@@ -26,6 +26,10 @@ a hand-back): the calls of a burst are then not slowed by refills at all (on 2 c
 under a call made it about a third slower). A pool drained below half refills at once, with
 every refill thread.
 
+A hit also says whether the host has CPU to spare for its run (`take_warm`): the callers
+pause between calls, no other isolate of the key is out and none is being created. A jail's
+driver then polls for the program's end instead of sleeping (docs/jail.md).
+
 Used isolates are handed back with `discard()` and destroyed by a background thread, so tearing
 a store or a jail down (a millisecond or more) happens after the result has left, not before.
 When callers pause between calls, the teardown also waits `PACED_REFILL_PAUSE_S` after the

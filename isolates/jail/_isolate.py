@@ -202,7 +202,7 @@ class JailIsolate(Isolate):
         self._claim(request)
         try:
             started = time.monotonic()
-            begun = self._begin(request, on_output is not None, cancel, 0.0)
+            begun = self._begin(request, on_output is not None, cancel, poll_s=0.0)
             if isinstance(begun, ExecutionResult):
                 return begun
             report, host_timeout = self._exchange(begun, on_output)
@@ -230,7 +230,7 @@ class JailIsolate(Isolate):
         try:
             started = time.monotonic()
             begun = self._begin(request, on_output is not None, cancel,
-                                SPARE_CPU_POLL_S if spare_cpu else 0.0)
+                                poll_s=SPARE_CPU_POLL_S if spare_cpu else 0.0)
             if isinstance(begun, ExecutionResult):
                 return begun
             try:
@@ -265,7 +265,12 @@ class JailIsolate(Isolate):
             self._release()
 
     def _begin(
-        self, request: ExecutionRequest, stream: bool, cancel: CancelToken | None, poll_s: float
+        self,
+        request: ExecutionRequest,
+        stream: bool,
+        cancel: CancelToken | None,
+        *,
+        poll_s: float,
     ) -> _Begun | ExecutionResult:
         """Check the request, apply its memory limit and encode it; a result if refused.
 

@@ -46,7 +46,7 @@ class FrameEOF(Exception):
 
 
 def encode_request(
-    request: ExecutionRequest, limits: Limits, stream: bool, poll_s: float = 0.0
+    request: ExecutionRequest, limits: Limits, stream: bool, poll_s: float
 ) -> bytes:
     """Encode one REQUEST frame for the driver.
 
