@@ -79,6 +79,17 @@ def test_runs_the_same_when_the_driver_polls(
     assert (result.status, result.stdout) == (status, stdout), result.message
 
 
+def test_streams_the_same_when_the_driver_polls(jail: JailIsolate, run: RunOnLoop) -> None:
+    chunks: list[bytes] = []
+    result = run(jail.run_on_loop(
+        request(Language.PYTHON, "import time; print(1, flush=True); time.sleep(0.2); print(2)"),
+        on_output=lambda stream, data: chunks.append(data), spare_cpu=True,
+    ))
+    assert result.status is Status.OK
+    assert b"".join(chunks) == b"1\n2\n" == result.stdout
+    assert len(chunks) == 2, chunks
+
+
 def _driver_pid(jail: JailIsolate) -> int:
     """The host's pid of the jail's driver: nsjail's one child, pid 1 of the jail."""
     with open(f"/proc/{jail.pid}/task/{jail.pid}/children") as children:
