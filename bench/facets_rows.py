@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.grpc_rows import served
-from bench.stats import Row, summarize, time_calls
+from bench.stats import Row, summarize, time_calls, unavailable
 from isolates.facets import DB_FILE, GUEST_DB_PATH, FacetStore
 from sandboxd import Client, SandboxdError
 
@@ -241,17 +241,6 @@ def execution_rows(client: Client, isolate: str, rounds: int) -> list[Row]:
     ]
 
 
-def _unavailable(isolate: str, error: Exception) -> list[Row]:
-    return [
-        {
-            "group": GROUP,
-            "name": f"facet Execute rows ({isolate} python)",
-            "n": 0,
-            "note": f"unavailable: {error}",
-        }
-    ]
-
-
 def grant_overhead(store: FacetStore, rounds: int) -> Row:
     """Taking and releasing an uncontended grant (what every facet execution pays)."""
 
@@ -297,7 +286,7 @@ def rows(data_dir: Path, quick: bool = False) -> list[Row]:
                 try:
                     out.extend(execution_rows(client, isolate, exec_rounds))
                 except (SandboxdError, RuntimeError) as exc:
-                    out.extend(_unavailable(isolate, exc))
+                    out.append(unavailable(GROUP, f"facet Execute rows ({isolate} python)", exc))
         return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

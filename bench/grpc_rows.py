@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.stats import Row, cpu_seconds, summarize
+from bench.stats import Row, cpu_seconds, summarize, unavailable
 from sandboxd import AsyncClient, Client, ResourceExhaustedError, SandboxdError
 
 __all__ = ["above_floor", "around_name", "python_subprocess_baseline", "rows", "served"]
@@ -217,13 +217,12 @@ def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
             quick)
         rows += [measured, baseline, paced_baseline, floor, above_floor(measured, floor)]
     except (SandboxdError, RuntimeError) as exc:
-        rows.append({"group": GROUP, "name": warm, "n": 0, "note": f"unavailable: {exc}"})
+        rows.append(unavailable(GROUP, warm, exc))
     try:
         rows.append(summarize(GROUP, back_to_back,
                               _sequential(target, n, "print(1)", "python", "jail")))
     except (SandboxdError, RuntimeError) as exc:
-        rows.append({"group": GROUP, "name": back_to_back, "n": 0,
-                     "note": f"unavailable: {exc}"})
+        rows.append(unavailable(GROUP, back_to_back, exc))
     return rows
 
 

@@ -54,6 +54,11 @@ def summarize(group: str, name: str, seconds: list[float], *, wall_s: float | No
     return row
 
 
+def unavailable(group: str, name: str, error: Exception) -> Row:
+    """The row `name` when it could not be measured, saying why."""
+    return {"group": group, "name": name, "n": 0, "note": f"unavailable: {error}"}
+
+
 def time_calls(fn: Callable[[], object], n: int, *, setup: Callable[[], object] | None = None,
                warmup: int = 3) -> list[float]:
     """Durations of `n` sequential calls of `fn` (after `warmup` untimed ones)."""

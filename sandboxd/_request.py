@@ -90,7 +90,8 @@ def build_request(
             "cpu_ms": milliseconds("cpu_time", cpu_time),
             "output_bytes": byte_count("output_limit", output_limit),
         }
-        fields["limits"] = pb.Limits(**limits) if any(limits.values()) else None
+        if any(limits.values()):
+            fields["limits"] = pb.Limits(**limits)
     if files is not None or file_modes is not None:
         given = contents("files", files)
         modes = permission_bits("file_modes", file_modes, [path for path, _ in given])
