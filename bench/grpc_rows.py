@@ -4,7 +4,8 @@ The server runs as its own process so its CPU and memory are measured apart from
 start-up to SERVING, the round trip of a Health check (the floor under every Execute, back to
 back and paced like the warm jail row), Execute of `print(1)` at concurrency 1, 8 and 64 and
 in short bursts after a quiet spell, JavaScript and jail executions, and the server's resident
-memory before and after many executions.
+memory before and after many executions. Warm jails called in bursts get a server of their own,
+with a pool deep enough for a burst.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.stats import Row, cpu_seconds, summarize, unavailable
 from sandboxd import AsyncClient, Client, ResourceExhaustedError, SandboxdError
 
-__all__ = ["above_floor", "around_name", "python_subprocess_baseline", "rows", "served"]
+__all__ = ["JAIL_BURSTS", "above_floor", "around_name", "python_subprocess_baseline", "rows",
+           "served"]
 
 GROUP = "grpc"
 
@@ -65,41 +68,57 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _timed_run(client: Client, code: str, language: str, isolate: str) -> float:
-    """Seconds one Execute took; an execution that did not succeed fails the benchmark."""
-    started = time.perf_counter()
-    execution = client.run_code(code, language, isolate=isolate)
-    elapsed = time.perf_counter() - started
-    if not execution.ok:
-        raise RuntimeError(f"benchmark execution failed: {execution.status} "
-                           f"{execution.message} {execution.stderr}")
-    return elapsed
+@dataclass
+class Calls:
+    """Latencies of Execute calls (seconds) and how many found a warm isolate in the pool."""
+
+    seconds: list[float] = field(default_factory=list)
+    hits: int = 0
+
+    def time(self, client: Client, code: str, language: str, isolate: str) -> None:
+        """Time one call; a call that did not succeed fails the benchmark."""
+        started = time.perf_counter()
+        execution = client.run_code(code, language, isolate=isolate)
+        elapsed = time.perf_counter() - started
+        if not execution.ok:
+            raise RuntimeError(f"benchmark execution failed: {execution.status} "
+                               f"{execution.message} {execution.stderr}")
+        self.seconds.append(elapsed)
+        self.hits += execution.isolate.pool_hit
+
+    def summarize(self, name: str) -> Row:
+        """The row `name`, its note saying how many calls were pool hits: a row named warm
+        whose calls missed the pool would measure something else."""
+        return summarize(GROUP, name, self.seconds,
+                         note=f"{self.hits} of {len(self.seconds)} from the warm pool")
 
 
 def _sequential(target: str, n: int, code: str, language: str, isolate: str,
-                pause_s: float = 0.0) -> list[float]:
-    """Latencies of `n` calls one after another, with `pause_s` between them (untimed)."""
-    samples = []
+                pause_s: float = 0.0) -> Calls:
+    """`n` calls one after another, with `pause_s` between them (untimed)."""
+    calls = Calls()
     with Client(target) as client:
         for _ in range(5):
             client.run_code(code, language, isolate=isolate)
         for _ in range(n):
             time.sleep(pause_s)
-            samples.append(_timed_run(client, code, language, isolate))
-    return samples
+            calls.time(client, code, language, isolate)
+    return calls
 
 
-def _bursts(target: str, bursts: int, size: int = 4, quiet_s: float = 0.3) -> list[float]:
-    """Latencies of every call but the first in `bursts` bursts of `size` back-to-back calls,
+def _bursts(target: str, bursts: int, isolate: str, size: int = 4,
+            quiet_s: float = 0.3) -> Calls:
+    """Every call but the first in `bursts` bursts of `size` back-to-back calls of `print(1)`,
     each burst after `quiet_s` without calls: what an agent making a few calls in a row sees
     (the first call of each is a paced call, measured by its own row)."""
-    samples = []
+    calls, first_calls = Calls(), Calls()
     with Client(target) as client:
         for _ in range(bursts):
             time.sleep(quiet_s)
-            calls = [_timed_run(client, "print(1)", "python", "wasm") for _ in range(size)]
-            samples += calls[1:]
-    return samples
+            first_calls.time(client, "print(1)", "python", isolate)
+            for _ in range(size - 1):
+                calls.time(client, "print(1)", "python", isolate)
+    return calls
 
 
 def _health_checks(target: str, n: int, pause_s: float = 0.0) -> list[float]:
@@ -152,6 +171,7 @@ async def _concurrent(target: str, total: int, concurrency: int) -> tuple[list[f
 def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
     """Measure the end-to-end rows against a fresh server process."""
     n = 100 if quick else 500
+    bursts = 12 if quick else 40
     out: list[Row] = []
     extra = () if jail else ("--no-jail",)
     with served(data_dir, *extra) as (target, pid, ready_s):
@@ -166,11 +186,10 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
         out += _around("Execute print(1) wasm python, c=1",
                        lambda: _sequential(target, n, "print(1)", "python", "wasm"),
                        [_python_around("gRPC wasm python c=1")], quick)
-        out.append(summarize(GROUP, "Execute print(1) wasm python, calls 2-4 of bursts of 4 "
-                             "after 0.3 s quiet, c=1", _bursts(target, 12 if quick else 40)))
-        out.append(summarize(GROUP, "Execute console.log(1) wasm javascript, c=1",
-                             _sequential(target, n // 2, "console.log(1)", "javascript",
-                                         "wasm")))
+        out.append(_bursts(target, bursts, "wasm").summarize(
+            "Execute print(1) wasm python, calls 2-4 of bursts of 4 after 0.3 s quiet, c=1"))
+        out.append(_sequential(target, n // 2, "console.log(1)", "javascript", "wasm")
+                   .summarize("Execute console.log(1) wasm javascript, c=1"))
         for concurrency in (8, 64):
             cpu_before = cpu_seconds(pid)
             samples, wall, errors, rejected = asyncio.run(
@@ -190,6 +209,8 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
         out.append({"group": GROUP, "name": f"server RSS before/after {executions} executions",
                     "n": executions, "mb": after, "note": f"{before:.1f} MB -> {after:.1f} MB "
                     f"({after - before:+.1f} MB)"})
+    if jail:
+        out += _jail_burst_rows(data_dir, bursts, quick)
     return out
 
 
@@ -219,11 +240,35 @@ def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
     except (SandboxdError, RuntimeError) as exc:
         rows.append(unavailable(GROUP, warm, exc))
     try:
-        rows.append(summarize(GROUP, back_to_back,
-                              _sequential(target, n, "print(1)", "python", "jail")))
+        rows.append(_sequential(target, n, "print(1)", "python", "jail").summarize(back_to_back))
     except (SandboxdError, RuntimeError) as exc:
         rows.append(unavailable(GROUP, back_to_back, exc))
     return rows
+
+
+BURST_POOL_JAIL = 8
+"""Warm jails of the server behind the burst row: enough that a burst of 4 finds one each time
+and leaves the pool above half its target, so no refill runs under the burst (isolates/pool.py)."""
+
+JAIL_BURSTS = (f"Execute print(1) jail python (warm), calls 2-4 of bursts of 4 after 0.3 s quiet, "
+               f"pool of {BURST_POOL_JAIL}, c=1")
+
+
+def _jail_burst_rows(data_dir: Path, bursts: int, quick: bool) -> list[Row]:
+    """Warm jails called back to back, next to `python3 -c` run back to back around them.
+
+    The paced row's calls each start after an idle pause, which leaves caches cold and costs
+    wake-ups; its `python3 -c` baselines are either back to back or paced the same way. Here
+    both sides run back to back: calls 2-4 of short bursts, against a server of its own whose
+    pool is deep enough for a burst (the default of 2 is not).
+    """
+    try:
+        with served(data_dir, "--pool-jail", str(BURST_POOL_JAIL)) as (target, _, _):
+            time.sleep(1.0)  # let the pools fill
+            return _around(JAIL_BURSTS, lambda: _bursts(target, bursts, "jail"),
+                           [_python_around("gRPC jail python bursts c=1")], quick)
+    except (SandboxdError, RuntimeError) as exc:
+        return [unavailable(GROUP, JAIL_BURSTS, exc)]
 
 
 def above_floor(row: Row, floor: Row) -> Row:
@@ -238,9 +283,9 @@ Sampler = Callable[[int], list[float]]
 """Takes `k` samples of a measurement made around a row."""
 
 
-def _around(name: str, measure: Callable[[], list[float]],
+def _around(name: str, measure: Callable[[], Calls],
             around: list[tuple[str, str, Sampler]], quick: bool) -> list[Row]:
-    """The row `name` of `measure()`'s samples, then a row (group, name) for each of `around`.
+    """The row `name` of `measure()`'s calls, then a row (group, name) for each of `around`.
 
     Each is sampled half before and half after the row, in nested order (the first outermost),
     so it sees the same stretch of time as the row it is compared with: the VM's speed drifts
@@ -249,9 +294,9 @@ def _around(name: str, measure: Callable[[], list[float]],
     """
     half = 10 if quick else 25  # samples before the row, as many after it
     before = [sample(half) for _, _, sample in around]
-    samples = measure()
+    calls = measure()
     after = [sample(half) for _, _, sample in reversed(around)][::-1]
-    return [summarize(GROUP, name, samples)] + [
+    return [calls.summarize(name)] + [
         summarize(group, label, first + last)
         for (group, label, _), first, last in zip(around, before, after, strict=True)
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.grpc_rows import above_floor, around_name
+from bench.grpc_rows import JAIL_BURSTS, above_floor, around_name
 from bench.harness import _ratios
 from bench.stats import Row
 
@@ -19,11 +19,16 @@ def test_grpc_rows_are_compared_with_the_baseline_around_them() -> None:
         _row("baseline", around_name("gRPC jail python c=1", 0.1), 22.5),
         _row("grpc", "Execute print(1) wasm python, c=1", 4.0),
         _row("baseline", around_name("gRPC wasm python c=1"), 16.0),
+        _row("grpc", JAIL_BURSTS, 2.0),
+        _row("baseline", around_name("gRPC jail python bursts c=1"), 19.0),
     ]
     ratios = {row["name"]: row["ratio"] for row in _ratios(results)}
-    assert ratios == {"gRPC jail python c=1 vs python3 -c": 4.0,
-                      "gRPC jail python c=1 vs python3 -c, both paced 0.1 s": 4.5,
-                      "gRPC wasm python c=1 vs python3 -c": 4.0}
+    assert ratios == {
+        "gRPC jail python c=1, paced 0.1 s, vs python3 -c back to back": 4.0,
+        "gRPC jail python c=1 vs python3 -c, both paced 0.1 s": 4.5,
+        "gRPC jail python c=1 vs python3 -c, both back to back (calls 2-4 of bursts)": 9.5,
+        "gRPC wasm python c=1 vs python3 -c": 4.0,
+    }
     assert around_name("gRPC jail python c=1", 0.1) == (
         "python3 -c 'print(1)' subprocess, paced 0.1 s, around gRPC jail python c=1")
 
