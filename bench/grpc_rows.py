@@ -24,10 +24,24 @@ from pathlib import Path
 from bench.stats import Row, cpu_seconds, summarize, unavailable
 from sandboxd import AsyncClient, Client, ResourceExhaustedError, SandboxdError
 
-__all__ = ["JAIL_BURSTS", "above_floor", "around_name", "python_subprocess_baseline", "rows",
+__all__ = ["JAIL_BURSTS", "JAIL_BURSTS_LABEL", "JAIL_WARM", "JAIL_WARM_LABEL", "WASM_C1",
+           "WASM_C1_LABEL", "above_floor", "around_name", "python_subprocess_baseline", "rows",
            "served"]
 
 GROUP = "grpc"
+
+BURST_POOL_JAIL = 8
+"""Warm jails of the server behind the jail burst row: each call of a burst of 4 finds one, and
+no refill starts before the burst's last call has handed its jail back (above half its target,
+a pool's refill waits for the callers to pause: isolates/pool.py)."""
+
+# The rows harness.RATIOS compares with the `python3 -c` baseline measured around them, and the
+# labels naming that baseline (`around_name`): named once, for the rows and the ratios.
+WASM_C1, WASM_C1_LABEL = "Execute print(1) wasm python, c=1", "gRPC wasm python c=1"
+JAIL_WARM, JAIL_WARM_LABEL = "Execute print(1) jail python (warm), c=1", "gRPC jail python c=1"
+JAIL_BURSTS = (f"Execute print(1) jail python (warm), calls 2-4 of bursts of 4 after 0.3 s quiet, "
+               f"pool of {BURST_POOL_JAIL}, c=1")
+JAIL_BURSTS_LABEL = "gRPC jail python bursts c=1"
 
 
 @contextmanager
@@ -75,7 +89,7 @@ class Calls:
     seconds: list[float] = field(default_factory=list)
     hits: int = 0
 
-    def time(self, client: Client, code: str, language: str, isolate: str) -> None:
+    def measure(self, client: Client, code: str, language: str, isolate: str) -> None:
         """Time one call; a call that did not succeed fails the benchmark."""
         started = time.perf_counter()
         execution = client.run_code(code, language, isolate=isolate)
@@ -102,7 +116,7 @@ def _sequential(target: str, n: int, code: str, language: str, isolate: str,
             client.run_code(code, language, isolate=isolate)
         for _ in range(n):
             time.sleep(pause_s)
-            calls.time(client, code, language, isolate)
+            calls.measure(client, code, language, isolate)
     return calls
 
 
@@ -115,9 +129,9 @@ def _bursts(target: str, bursts: int, isolate: str, size: int = 4,
     with Client(target) as client:
         for _ in range(bursts):
             time.sleep(quiet_s)
-            openers.time(client, "print(1)", "python", isolate)
+            openers.measure(client, "print(1)", "python", isolate)
             for _ in range(size - 1):
-                calls.time(client, "print(1)", "python", isolate)
+                calls.measure(client, "print(1)", "python", isolate)
     return calls
 
 
@@ -183,9 +197,8 @@ def rows(data_dir: Path, quick: bool = False, jail: bool = True) -> list[Row]:
                              _health_checks(target, n)))
         out.append(summarize(GROUP, "gRPC floor: Health check, paced 0.1 s, c=1",
                              _health_checks(target, max(20, n // 5), pause_s=0.1)))
-        out += _around("Execute print(1) wasm python, c=1",
-                       lambda: _sequential(target, n, "print(1)", "python", "wasm"),
-                       [_python_around("gRPC wasm python c=1")], quick)
+        out += _around(WASM_C1, lambda: _sequential(target, n, "print(1)", "python", "wasm"),
+                       [_python_around(WASM_C1_LABEL)], quick)
         out.append(_bursts(target, bursts, "wasm").summarize(
             "Execute print(1) wasm python, calls 2-4 of bursts of 4 after 0.3 s quiet, c=1"))
         out.append(_sequential(target, n // 2, "console.log(1)", "javascript", "wasm")
@@ -221,7 +234,6 @@ def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
     back outrun the refills and mostly start cold jails; both figures are reported.
     """
     pause = 0.1
-    warm = "Execute print(1) jail python (warm), c=1"
     back_to_back = "Execute print(1) jail python back to back (refill-bound), c=1"
     rows: list[Row] = []
     try:
@@ -229,29 +241,21 @@ def _jail_rows(target: str, n: int, quick: bool) -> list[Row]:
         # and paced as the row is, and with the paced gRPC floor measured around it: what the
         # jail and the server's path add to a call, apart from the VM's phase, which moves the
         # floor by a millisecond.
-        label = "gRPC jail python c=1"
         measured, baseline, paced_baseline, floor = _around(
-            warm, lambda: _sequential(target, n, "print(1)", "python", "jail", pause_s=pause),
-            [_python_around(label), _python_around(label, pause),
+            JAIL_WARM,
+            lambda: _sequential(target, n, "print(1)", "python", "jail", pause_s=pause),
+            [_python_around(JAIL_WARM_LABEL), _python_around(JAIL_WARM_LABEL, pause),
              (GROUP, "gRPC floor: Health check, paced 0.1 s, around the jail row",
               lambda k: _health_checks(target, k, pause_s=pause))],
             quick)
         rows += [measured, baseline, paced_baseline, floor, above_floor(measured, floor)]
     except (SandboxdError, RuntimeError) as exc:
-        rows.append(unavailable(GROUP, warm, exc))
+        rows.append(unavailable(GROUP, JAIL_WARM, exc))
     try:
         rows.append(_sequential(target, n, "print(1)", "python", "jail").summarize(back_to_back))
     except (SandboxdError, RuntimeError) as exc:
         rows.append(unavailable(GROUP, back_to_back, exc))
     return rows
-
-
-BURST_POOL_JAIL = 8
-"""Warm jails of the server behind the burst row: enough that a burst of 4 finds one each time
-and leaves the pool above half its target, so no refill runs under the burst (isolates/pool.py)."""
-
-JAIL_BURSTS = (f"Execute print(1) jail python (warm), calls 2-4 of bursts of 4 after 0.3 s quiet, "
-               f"pool of {BURST_POOL_JAIL}, c=1")
 
 
 def _jail_burst_rows(data_dir: Path, bursts: int, quick: bool) -> list[Row]:
@@ -266,7 +270,7 @@ def _jail_burst_rows(data_dir: Path, bursts: int, quick: bool) -> list[Row]:
         with served(data_dir, "--pool-jail", str(BURST_POOL_JAIL)) as (target, _, _):
             time.sleep(1.0)  # let the pools fill
             return _around(JAIL_BURSTS, lambda: _bursts(target, bursts, "jail"),
-                           [_python_around("gRPC jail python bursts c=1")], quick)
+                           [_python_around(JAIL_BURSTS_LABEL)], quick)
     except (SandboxdError, RuntimeError) as exc:
         return [unavailable(GROUP, JAIL_BURSTS, exc)]
 

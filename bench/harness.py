@@ -21,7 +21,15 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.grpc_rows import JAIL_BURSTS, around_name
+from bench.grpc_rows import (
+    JAIL_BURSTS,
+    JAIL_BURSTS_LABEL,
+    JAIL_WARM,
+    JAIL_WARM_LABEL,
+    WASM_C1,
+    WASM_C1_LABEL,
+    around_name,
+)
 from bench.stats import Row
 
 __all__ = ["GROUPS", "run", "run_cli"]
@@ -31,18 +39,16 @@ GROUPS = ("baseline", "wasm", "grpc", "jail", "artifacts", "facets")
 
 RATIOS = (
     # (label, row measured, baseline row, metric): the baseline measured around the row.
-    ("gRPC wasm python c=1 vs python3 -c", "Execute print(1) wasm python, c=1",
-     around_name("gRPC wasm python c=1"), "p50_ms"),
+    ("gRPC wasm python c=1 vs python3 -c", WASM_C1, around_name(WASM_C1_LABEL), "p50_ms"),
     # The warm jail row is paced 0.1 s (a warm jail per call, after an idle pause), against
     # `python3 -c` back to back and started after the same pause; the burst row runs warm jails
     # back to back, against `python3 -c` back to back.
     ("gRPC jail python c=1, paced 0.1 s, vs python3 -c back to back",
-     "Execute print(1) jail python (warm), c=1", around_name("gRPC jail python c=1"), "p50_ms"),
+     JAIL_WARM, around_name(JAIL_WARM_LABEL), "p50_ms"),
     ("gRPC jail python c=1 vs python3 -c, both paced 0.1 s",
-     "Execute print(1) jail python (warm), c=1", around_name("gRPC jail python c=1", 0.1),
-     "p50_ms"),
+     JAIL_WARM, around_name(JAIL_WARM_LABEL, 0.1), "p50_ms"),
     ("gRPC jail python c=1 vs python3 -c, both back to back (calls 2-4 of bursts)",
-     JAIL_BURSTS, around_name("gRPC jail python bursts c=1"), "p50_ms"),
+     JAIL_BURSTS, around_name(JAIL_BURSTS_LABEL), "p50_ms"),
 )
 
 
